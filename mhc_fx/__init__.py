@@ -5,13 +5,29 @@ Public names:
     mix                            the fused-able mixing op (torch.ops.mhc_fx.mix)
     MHCSkip, MHCSequential         seed-compatible explicit layers
     projections                    the math: simplex / floored simplex / softmax / Gumbel / Sinkhorn
+    convert, explain               rewrite a model's residual adds into sites; report what was done
+    mixing_weights, inject_mhc     the projected weights per site; seed-compatible scoped convert
 """
 
 from . import projections
 from .config import MHCConfig
 from .nn import MHCSequential, MHCSkip
 from .ops import mix
+from .transform import Report, convert, explain, inject_mhc, is_converted, mixing_weights
 
 __version__ = "0.1.0"
 
-__all__ = ["MHCConfig", "MHCSequential", "MHCSkip", "mix", "projections", "__version__"]
+__all__ = [
+    "MHCConfig",
+    "MHCSequential",
+    "MHCSkip",
+    "Report",
+    "__version__",
+    "convert",
+    "explain",
+    "inject_mhc",
+    "is_converted",
+    "mix",
+    "mixing_weights",
+    "projections",
+]

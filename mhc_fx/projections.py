@@ -144,8 +144,10 @@ def gumbel_softmax(
     uniform = torch.rand(p.shape, generator=generator, device=p.device, dtype=dtype)
     tiny = torch.finfo(dtype).tiny
     gumbel = -torch.log(-torch.log(uniform.clamp(tiny, 1.0 - torch.finfo(dtype).eps)))
-    # clamp_min keeps log finite at exact zeros and gives them no gradient.
-    sample = torch.softmax((torch.log(p.clamp_min(tiny)) + gumbel) / temperature, -1)
+    # Exact zeros get log = -inf (so they stay exactly zero at any temperature);
+    # clamp_min keeps the unused log branch finite, so they get no (NaN) gradient.
+    log_p = torch.where(p > 0, torch.log(p.clamp_min(tiny)), float("-inf"))
+    sample = torch.softmax((log_p + gumbel) / temperature, -1)
     if floor is not None:
         sample = project_floored_simplex(sample, floor)
     return sample.to(probs.dtype)
@@ -215,7 +217,11 @@ def mixing_weights(
         alpha = torch.zeros_like(theta)
         alpha[..., -1] = 1.0
         return alpha
-    scaled = theta / config.temperature
+    # Divide by the temperature rounded as `initial_logits` stores it (float32), then
+    # to theta's dtype: logits made by `initial_logits` and cast to any float dtype
+    # (a model's `.to(torch.float64)`, `.bfloat16()`) give theta / T == e_last exactly.
+    temperature = torch.tensor(config.temperature, dtype=torch.float32).to(device=theta.device, dtype=theta.dtype)
+    scaled = theta / temperature
     if config.mode == "hc":
         alpha = softmax(scaled)
     elif config.floor is not None:

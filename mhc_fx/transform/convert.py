@@ -1,0 +1,348 @@
+"""`convert`, `explain`, `mixing_weights`, `inject_mhc`: the public verbs of the transform.
+
+Conversion = analyse, then install:
+1. *analyse*: every module's forward (where its source can be read) is rewritten
+   so additions call the site runtime; one whole-model graph is captured with
+   each addition tagged; sites and chains are found on it; then the rewrites are
+   removed again.
+2. *install*: only the modules that own sites (and their ancestors, which open the
+   per-call scope) get their rewritten forward, bound on the instance, so the
+   user's object, class, signature and output types stay. The per-site logits
+   are created under ``mhc.`` named after the owner's module path.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import types
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..config import MHCConfig
+from ..projections import initial_logits
+from ..projections import mixing_weights as _project
+from . import hf
+from .capture import capture_export, capture_fx, normalize_inputs
+from .report import Report, SiteInfo, SkippedInfo
+from .runtime import HELPERS, SiteRuntime, SiteSpec, scoped_forward
+from .sites import SiteFinder
+from .source import RewriteError, rewrite_function
+
+RUNTIME = "_mhc_fx_runtime"
+PATH = "_mhc_fx_path"
+PARAMS = "mhc"
+
+
+class Scope:
+    """``include`` / ``exclude``: module-path globs or module classes."""
+
+    def __init__(self, include, exclude, model: nn.Module) -> None:
+        self.include = self._normalize("include", include)
+        self.exclude = self._normalize("exclude", exclude)
+        modules = dict(model.named_modules())
+        for name, patterns in (("include", self.include), ("exclude", self.exclude)):
+            for pattern in patterns or ():
+                if not any(self._match(pattern, p, m) for p, m in modules.items()):
+                    raise ValueError(f"{name} pattern {pattern!r} matches no module of the model")
+
+    @staticmethod
+    def _normalize(name: str, value) -> list | None:
+        if value is None:
+            return None
+        if isinstance(value, (str, type)):
+            value = [value]
+        value = list(value)
+        for v in value:
+            if not (isinstance(v, str) or (isinstance(v, type) and issubclass(v, nn.Module))):
+                raise TypeError(f"{name} must hold module-path globs (str) or nn.Module classes, got {v!r}")
+        return value
+
+    @staticmethod
+    def _match(pattern, path: str, module: nn.Module) -> bool:
+        if isinstance(pattern, type):
+            return isinstance(module, pattern)
+        return fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(path, pattern + ".*")
+
+    def allows(self, path: str, model: nn.Module) -> bool:
+        # A site belongs to a scope when its owner or one of the owner's ancestors matches.
+        chain = [(p, model.get_submodule(p)) for p in _prefixes(path)]
+        if self.include is not None and not any(self._match(pt, p, m) for pt in self.include for p, m in chain):
+            return False
+        if self.exclude and any(self._match(pt, p, m) for pt in self.exclude for p, m in chain):
+            return False
+        return True
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split(".") if path else []
+    return [".".join(parts[:i]) for i in range(len(parts) + 1)]
+
+
+def _rewritable(cls: type) -> bool:
+    return not cls.__module__.startswith("torch.") and cls.forward is not nn.Module.forward
+
+
+class _Instrumenter:
+    """Binds rewritten forwards on instances (cached per class) and removes them."""
+
+    def __init__(self, runtime: SiteRuntime) -> None:
+        self.runtime = runtime
+        self.cache: dict[type, types.FunctionType | RewriteError] = {}
+        self.bound: list[tuple[nn.Module, dict]] = []
+
+    def rewritten(self, cls: type) -> types.FunctionType | None:
+        if cls not in self.cache:
+            try:
+                self.cache[cls] = rewrite_function(cls.forward, HELPERS)
+            except RewriteError as exc:
+                self.cache[cls] = exc
+        fn = self.cache[cls]
+        return fn if isinstance(fn, types.FunctionType) else None
+
+    def bind(self, module: nn.Module, path: str, scope_only_ok: bool) -> bool:
+        fn = self.rewritten(type(module)) if _rewritable(type(module)) else None
+        if fn is None:
+            if not scope_only_ok:
+                return False
+            fn = scoped_forward
+        saved = {k: module.__dict__[k] for k in ("forward", RUNTIME, PATH) if k in module.__dict__}
+        module.__dict__["forward"] = types.MethodType(fn, module)
+        module.__dict__[RUNTIME] = self.runtime
+        module.__dict__[PATH] = path
+        self.bound.append((module, saved))
+        return True
+
+    def unbind_all(self) -> None:
+        for module, saved in self.bound:
+            for key in ("forward", RUNTIME, PATH):
+                module.__dict__.pop(key, None)
+            module.__dict__.update(saved)
+        self.bound.clear()
+
+
+def _capture(model: nn.Module, example_inputs):
+    args, kwargs = normalize_inputs(example_inputs)
+    if hf.is_hf_model(model):
+        if example_inputs is None:
+            kwargs = hf.example_inputs(model)
+        return capture_export(model, args, kwargs)
+    try:
+        return capture_fx(model, args, kwargs)
+    except Exception as fx_error:  # fx fails on data-dependent control flow and more
+        if example_inputs is None:
+            raise ValueError(
+                f"torch.fx cannot trace {type(model).__name__} ({type(fx_error).__name__}: {fx_error}); "
+                "pass example_inputs=... so mhc_fx can capture it with torch.export"
+            ) from fx_error
+        return capture_export(model, args, kwargs)
+
+
+def _analyse(model: nn.Module, config: MHCConfig, scope: Scope, example_inputs):
+    """Find the sites of ``model`` (left unmodified). Returns (specs, report)."""
+    runtime = SiteRuntime(config)
+    runtime.tags = []
+    inst = _Instrumenter(runtime)
+    modes = {m: m.training for m in model.modules()}
+    for path, module in model.named_modules():
+        inst.bind(module, path, scope_only_ok=(path == ""))
+    try:
+        model.eval()
+        with torch.no_grad():
+            captured = _capture(model, example_inputs)
+    finally:
+        inst.unbind_all()
+        for m, mode in modes.items():
+            m.training = mode
+    finder = SiteFinder(captured)
+    found, rejected = finder.find()
+    tags = runtime.tags
+    skipped = [SkippedInfo(_where(tags[r.tag]), r.reason) for r in rejected]
+    kept = []
+    for site in found:
+        owner = tags[site.tag][0]
+        if scope.allows(owner, model):
+            kept.append(site)
+        else:
+            skipped.append(SkippedInfo(_where(tags[site.tag]), "outside the include/exclude scope"))
+    finder.link_chains(kept)
+    skipped += [SkippedInfo(r.where, r.reason) for r in finder.untagged_sites()]
+    specs, infos, per_owner = [], [], {}
+    for site in sorted(kept, key=lambda s: finder.order[s.node]):
+        key = tags[site.tag]
+        owner = key[0]
+        j = per_owner.get(owner, 0)
+        per_owner[owner] = j + 1
+        name = f"{owner}.site{j}" if owner else f"site{j}"
+        window = min(site.position, config.max_history)
+        specs.append(SiteSpec(name, key, owner, site.chain, site.position, window, site.stream_first))
+        infos.append(SiteInfo(name, owner, site.chain, site.position, window, site.shape, config.mode))
+    report = Report(type(model).__name__, captured.method, config, infos, skipped)
+    return specs, report
+
+
+def _where(key) -> str:
+    path, loc, n = key
+    return f"{path or '(root)'} add#{loc}" + (f" (call {n})" if n else "")
+
+
+def _holder(root: nn.Module, owner: str) -> nn.Module:
+    holder = root.get_submodule(PARAMS)
+    for part in owner.split(".") if owner else []:
+        if part not in holder._modules:
+            holder.add_module(part, nn.Module())
+        holder = holder._modules[part]
+    return holder
+
+
+def _install(model: nn.Module, config: MHCConfig, specs: list[SiteSpec], report: Report) -> None:
+    runtime = SiteRuntime(config)
+    runtime.report = report
+    inst = _Instrumenter(runtime)
+    owners = {s.owner for s in specs}
+    openers = {p for owner in owners for p in _prefixes(owner)}
+    for path in sorted(openers, key=len):
+        ok = inst.bind(model.get_submodule(path), path, scope_only_ok=path not in owners)
+        if not ok:  # cannot happen: owners were rewritten during analysis
+            raise RuntimeError(f"mhc_fx: the forward of {path!r} could not be rewritten")
+    model.__dict__[RUNTIME] = runtime
+    if PARAMS in model._modules or hasattr(model, PARAMS):
+        raise ValueError(f"the model already has an attribute {PARAMS!r}; mhc_fx stores its weights there")
+    model.add_module(PARAMS, nn.Module())
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    for spec in specs:
+        if spec.window > 1 and config.mode != "residual":
+            spec.holder = _holder(model, spec.owner)
+            spec.attr = spec.name.rsplit(".", 1)[-1]
+            theta = initial_logits(config, spec.window).to(device)
+            spec.holder.register_parameter(spec.attr, nn.Parameter(theta))
+        runtime.sites[spec.key] = spec
+    if hf.is_hf_model(model):
+        hf.record_config(model, {**config.to_dict(), "sites": len(specs)})
+        model.__dict__["_set_gradient_checkpointing"] = types.MethodType(hf.set_gradient_checkpointing, model)
+        hf.wrap_checkpointing(model, runtime)
+        report.notes.append(
+            "Hugging Face path: class, generate() with the KV cache, save_pretrained and non-reentrant "
+            "gradient checkpointing are kept; reentrant checkpointing raises"
+        )
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def is_converted(model: nn.Module) -> bool:
+    """True if ``model`` was returned by `convert`."""
+    return isinstance(model, nn.Module) and RUNTIME in model.__dict__
+
+
+def convert(
+    model: nn.Module,
+    mode: str = "mhc",
+    *,
+    max_history: int = 4,
+    constraint: str = "simplex",
+    epsilon: float = 0.05,
+    stochastic: bool = False,
+    temperature: float = 1.0,
+    detach_history: bool = False,
+    auto_project: bool = False,
+    include: str | type | Iterable | None = None,
+    exclude: str | type | Iterable | None = None,
+    example_inputs=None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Turn the residual additions of ``model`` into (m)HC sites.
+
+    Returns the converted model: the same object when ``inplace=True``, else a deep
+    copy (the input is never modified). At init, ``mode="mhc"`` and
+    ``mode="residual"`` compute exactly the original function. See
+    ``docs/convert.md`` for what counts as a site and `explain` for the report.
+
+    Args:
+        model: any ``nn.Module`` (own models through ``torch.fx``; models fx cannot
+            trace, such as Hugging Face ones, through ``torch.export``).
+        mode, max_history, constraint, epsilon, stochastic, temperature,
+            detach_history: see `MHCConfig`.
+        auto_project: not implemented in ``convert`` yet (raises if True): a chain
+            restarts where the stream changes shape.
+        include / exclude: module-path globs (``"transformer.h.*"``) or module
+            classes; a site is converted when its owning module (or an ancestor) is
+            included and not excluded.
+        example_inputs: a tensor, a tuple of args or a dict of kwargs; needed when fx
+            cannot trace the model (built automatically for Hugging Face models), and
+            gives fx-traced models shape checks.
+        inplace: convert ``model`` itself instead of a copy.
+    """
+    _check_model(model)
+    config = MHCConfig(
+        mode=mode,
+        max_history=max_history,
+        constraint=constraint,
+        epsilon=epsilon,
+        temperature=temperature,
+        stochastic=stochastic,
+        detach_history=detach_history,
+        auto_project=auto_project,
+    )
+    if auto_project:
+        raise NotImplementedError("auto_project=True is not implemented in convert yet; chains restart at shape changes")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be a bool, got {inplace!r}")
+    if is_converted(model):
+        raise ValueError("model is already converted by mhc_fx; convert the original model instead")
+    scope = Scope(include, exclude, model)
+    specs, report = _analyse(model, config, scope, example_inputs)
+    target = model if inplace else copy.deepcopy(model)
+    _install(target, config, specs, report)
+    return target
+
+
+def explain(model: nn.Module, **options) -> Report:
+    """The report of a converted model, or what `convert` would do to an original one
+    (``options`` as for `convert`; the model is not modified)."""
+    _check_model(model)
+    if is_converted(model):
+        if options:
+            raise TypeError("explain takes no options for a converted model")
+        return model.__dict__[RUNTIME].report
+    example_inputs = options.pop("example_inputs", None)
+    include, exclude = options.pop("include", None), options.pop("exclude", None)
+    mode = options.pop("mode", "mhc")
+    config = MHCConfig(mode=mode, **options)
+    _, report = _analyse(model, config, Scope(include, exclude, model), example_inputs)
+    return report
+
+
+def mixing_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{site name: alpha}`` of a converted model: the projected weights (eval mode),
+    oldest state first. Sites with a single state (chain starts) have alpha = [1]."""
+    if not is_converted(model):
+        raise ValueError("mixing_weights needs a model returned by mhc_fx.convert")
+    runtime = model.__dict__[RUNTIME]
+    out = {}
+    with torch.no_grad():
+        for spec in runtime.sites.values():
+            if spec.holder is None:
+                out[spec.name] = torch.eye(spec.window)[-1]
+            else:
+                out[spec.name] = _project(getattr(spec.holder, spec.attr), runtime.config, training=False).detach()
+    return out
+
+
+def inject_mhc(model: nn.Module, target_class_name: str | None = None, **options) -> nn.Module:
+    """Seed-compatible: convert ``model`` in place, scoped to modules whose class is
+    named ``target_class_name`` (all residual sites when None). Options as for `convert`."""
+    _check_model(model)
+    include = None
+    if target_class_name is not None:
+        if not isinstance(target_class_name, str):
+            raise TypeError(f"target_class_name must be a str, got {target_class_name!r}")
+        include = [p for p, m in model.named_modules() if type(m).__name__ == target_class_name]
+        if not include:
+            raise ValueError(f"target_class_name {target_class_name!r} matches no module of the model")
+    options.setdefault("inplace", True)
+    return convert(model, include=include, **options)

@@ -1,0 +1,105 @@
+"""What Hugging Face models need: example inputs for capture, the recorded config,
+and gradient checkpointing that replays a block with the history it first saw.
+
+Imports of ``transformers`` stay lazy: mhc_fx does not depend on it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+from .runtime import SiteRuntime
+
+CONFIG_KEY = "mhc_fx"
+
+
+def is_hf_model(model: nn.Module) -> bool:
+    """True for a ``transformers.PreTrainedModel`` (without importing transformers)."""
+    module = sys.modules.get("transformers")
+    return module is not None and isinstance(model, module.PreTrainedModel)
+
+
+def example_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict[str, Any]:
+    """Small inputs for capturing a Hugging Face model's graph, built from its config."""
+    config = model.config
+    name = getattr(model, "main_input_name", "input_ids")
+    params = inspect.signature(model.forward).parameters
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if name == "pixel_values":
+        size = getattr(config, "image_size", 32)
+        size = size if isinstance(size, int) else size[0]
+        channels = getattr(config, "num_channels", 3)
+        inputs: dict[str, Any] = {name: torch.randn(batch, channels, size, size, device=device)}
+    elif name in ("input_ids", "decoder_input_ids"):
+        vocab = getattr(config, "vocab_size", 16)
+        inputs = {name: torch.randint(0, max(vocab, 2), (batch, length), device=device)}
+    else:
+        raise ValueError(
+            f"cannot build example inputs for a {type(model).__name__} (main input {name!r}); pass example_inputs="
+        )
+    if "use_cache" in params:
+        inputs["use_cache"] = False
+    return inputs
+
+
+def record_config(model: nn.Module, data: dict) -> None:
+    """Store the conversion options in ``model.config`` (written by ``save_pretrained``)."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        setattr(config, CONFIG_KEY, data)
+
+
+class CheckpointWithHistory:
+    """Wraps a layer's ``_gradient_checkpointing_func``: the recompute in backward
+    runs the block in a private scope restored from the history it saw in forward."""
+
+    def __init__(self, inner, runtime: SiteRuntime) -> None:
+        self.inner = inner
+        self.runtime = runtime
+
+    def __call__(self, fn, *args, **kwargs):
+        rt = self.runtime
+        if rt.depth == 0:
+            return self.inner(fn, *args, **kwargs)
+        keywords = getattr(self.inner, "keywords", {}) or {}
+        if keywords.get("use_reentrant", False):
+            raise NotImplementedError(
+                "mhc_fx: reentrant checkpointing cannot see the history a converted block reads; enable it with "
+                "gradient_checkpointing_kwargs={'use_reentrant': False}"
+            )
+        state = rt.snapshot()
+        calls = []
+
+        def run(*a, **k):
+            calls.append(None)
+            if len(calls) == 1:  # the forward itself: the live scope
+                return fn(*a, **k)
+            saved = (rt.depth, rt.counters, rt.histories)
+            rt.depth = 1
+            rt.restore(state)
+            try:
+                return fn(*a, **k)
+            finally:
+                rt.depth, rt.counters, rt.histories = saved
+
+        return self.inner(run, *args, **kwargs)
+
+
+def wrap_checkpointing(model: nn.Module, runtime: SiteRuntime) -> None:
+    """Wrap every ``_gradient_checkpointing_func`` set on the model's modules."""
+    for module in model.modules():
+        func = module.__dict__.get("_gradient_checkpointing_func")
+        if func is not None and not isinstance(func, CheckpointWithHistory):
+            module._gradient_checkpointing_func = CheckpointWithHistory(func, runtime)
+
+
+def set_gradient_checkpointing(self, *args, **kwargs):
+    """Instance override of ``PreTrainedModel._set_gradient_checkpointing``: wraps what it sets."""
+    result = type(self)._set_gradient_checkpointing(self, *args, **kwargs)
+    wrap_checkpointing(self, self.__dict__["_mhc_fx_runtime"])
+    return result

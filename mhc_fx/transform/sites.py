@@ -1,0 +1,267 @@
+"""Find residual sites and chains on a captured graph (DESIGN §1).
+
+A tagged addition ``y = a + b`` is a *site* when one operand (the stream) is an
+ancestor of the other (the branch), the branch path holds an op with parameters,
+and stream, branch and result share shape and a floating dtype. Site j joins the
+chain of site i when its stream is computed from ``y_i`` alone through
+shape-preserving single-input ops (dropout, a norm, an activation, a cast) and
+site i is that chain's latest site.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+
+import torch
+from torch import fx, nn
+
+from .capture import TAG_TARGETS, Captured
+
+# fx (no shapes known): single-input ops taken as shape-preserving when linking chains.
+_PRESERVING_MODULES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Identity,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.LocalResponseNorm,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.Hardswish,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.PReLU,
+)
+_PRESERVING_FUNCTIONS = {
+    torch.relu,
+    torch.tanh,
+    torch.sigmoid,
+    torch.nn.functional.relu,
+    torch.nn.functional.gelu,
+    torch.nn.functional.silu,
+    torch.nn.functional.dropout,
+    torch.nn.functional.layer_norm,
+    torch.nn.functional.leaky_relu,
+    torch.nn.functional.elu,
+}
+_PRESERVING_METHODS = {"relu", "contiguous", "clone", "detach", "float", "to", "type_as", "tanh", "sigmoid"}
+# Ops that only re-view or cast a value; an operand reached through them is the same stream.
+_ALIAS_NAMES = {"to", "_to_copy", "clone", "alias", "contiguous", "detach", "lift_fresh_copy", "type_as", "view", "reshape"}
+_PLAIN_ADDS = {operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor}
+
+
+@dataclasses.dataclass
+class FoundSite:
+    tag: int
+    node: fx.Node
+    stream_first: bool
+    shape: tuple | None
+    chain: int = -1
+    position: int = 0
+
+
+@dataclasses.dataclass
+class Rejected:
+    tag: int | None  # None for an addition that mhc_fx could not rewrite
+    where: str
+    reason: str
+
+
+def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    return [n for n in node.all_input_nodes if _maybe_tensor(n)]
+
+
+def _val(node: fx.Node):
+    return node.meta.get("val")
+
+
+def _maybe_tensor(node: fx.Node) -> bool:
+    val = _val(node)
+    if val is not None:
+        return isinstance(val, torch.Tensor)
+    if node.op == "call_method" and node.target in ("size", "dim", "numel"):
+        return False
+    if node.op == "call_function" and node.target in (getattr, len):
+        return False
+    return True
+
+
+def _op_name(node: fx.Node) -> str:
+    target = node.target
+    if isinstance(target, str):
+        return target
+    packet = getattr(target, "overloadpacket", None)
+    return getattr(packet or target, "__name__", "")
+
+
+def _canonical(node: fx.Node) -> fx.Node:
+    """Follow alias and no-op cast ops back to the value they re-view."""
+    while node.op in ("call_function", "call_method") and _op_name(node) in _ALIAS_NAMES:
+        inputs = [n for n in node.all_input_nodes if _maybe_tensor(n)]
+        out, src = _val(node), _val(inputs[0]) if len(inputs) == 1 else None
+        if len(inputs) != 1:
+            break
+        if isinstance(out, torch.Tensor) and isinstance(src, torch.Tensor):
+            if out.shape != src.shape or out.dtype != src.dtype:
+                break
+        node = inputs[0]
+    return node
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen, stack = {node}, [node]
+    while stack:
+        for parent in stack.pop().all_input_nodes:
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
+class SiteFinder:
+    """Runs the analysis over one `Captured` graph."""
+
+    def __init__(self, captured: Captured) -> None:
+        self.cap = captured
+        self.order = {n: i for i, n in enumerate(captured.graph.nodes)}
+
+    # -- per-node facts --------------------------------------------------------
+    def _non_param_inputs(self, node: fx.Node) -> list[fx.Node]:
+        return [n for n in _tensor_inputs(node) if n not in self.cap.param_nodes and n.op != "get_attr"]
+
+    def _uses_params(self, node: fx.Node) -> bool:
+        if node in self.cap.param_modules:
+            return True
+        return any(n in self.cap.param_nodes for n in node.all_input_nodes)
+
+    def _is_preserving(self, node: fx.Node, source: fx.Node) -> bool:
+        out, src = _val(node), _val(source)
+        if isinstance(out, torch.Tensor) and isinstance(src, torch.Tensor):
+            return out.shape == src.shape
+        if self.cap.has_shapes:
+            return False
+        if node.op == "call_module":
+            return issubclass(self.cap.module_types.get(node, object), _PRESERVING_MODULES)
+        if node.op == "call_function":
+            return node.target in _PRESERVING_FUNCTIONS
+        if node.op == "call_method":
+            return node.target in _PRESERVING_METHODS
+        return False
+
+    def _on_path_with_params(self, stream: fx.Node, branch: fx.Node, ancestors: set) -> bool:
+        seen, stack = {stream}, [stream]
+        while stack:
+            node = stack.pop()
+            if node is not stream and self._uses_params(node):
+                return True
+            for user in node.users:
+                if user in ancestors and user not in seen:
+                    seen.add(user)
+                    stack.append(user)
+        return False
+
+    # -- the criteria ------------------------------------------------------------
+    def classify(self, node: fx.Node) -> tuple[bool | None, str]:
+        """(stream_first, "") for a site, else (None, reason)."""
+        a, b = node.args[0], node.args[1]
+        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
+            return None, "an operand is a constant"
+        if a is b:
+            return None, "both operands are the same value (x + x)"
+        ca, cb = _canonical(a), _canonical(b)
+        anc_b, anc_a = _ancestors(b), _ancestors(a)
+        if ca in anc_b and ca is not cb:
+            stream, branch, stream_first, ancestors = ca, b, True, anc_b
+        elif cb in anc_a and ca is not cb:
+            stream, branch, stream_first, ancestors = cb, a, False, anc_a
+        else:
+            return None, "neither operand is computed from the other (not a residual connection)"
+        if not self._on_path_with_params(stream, branch, ancestors):
+            return None, "the branch path holds no op with parameters (bias, embedding, mask or activation add)"
+        vals = [_val(n) for n in (stream, branch, node)]
+        if all(isinstance(v, torch.Tensor) for v in vals):
+            shapes = {tuple(v.shape) for v in vals}
+            if len(shapes) != 1:
+                return None, f"operand shapes differ ({' vs '.join(str(tuple(v.shape)) for v in vals[:2])})"
+            if not all(v.is_floating_point() for v in vals) or len({v.dtype for v in vals}) != 1:
+                return None, f"operands are not of one floating dtype ({vals[0].dtype}, {vals[1].dtype})"
+        return stream_first, ""
+
+    def _chain_source(self, stream: fx.Node, site_of: dict) -> fx.Node | None:
+        node = stream
+        while node not in site_of:
+            inputs = self._non_param_inputs(node)
+            if len(inputs) != 1 or not self._is_preserving(node, inputs[0]):
+                return None
+            node = inputs[0]
+        return node
+
+    def find(self) -> tuple[list[FoundSite], list[Rejected]]:
+        sites: list[FoundSite] = []
+        rejected: list[Rejected] = []
+        for node in self.cap.graph.nodes:
+            if node.op != "call_function" or node.target not in TAG_TARGETS:
+                continue
+            tag = node.args[2]
+            stream_first, reason = self.classify(node)
+            if stream_first is None:
+                rejected.append(Rejected(tag, "", reason))
+                continue
+            val = _val(node)
+            shape = tuple(val.shape) if isinstance(val, torch.Tensor) else None
+            sites.append(FoundSite(tag, node, stream_first, shape))
+        return sites, rejected
+
+    def link_chains(self, sites: list[FoundSite]) -> None:
+        """Assign chain ids and positions in graph order."""
+        site_of = {s.node: s for s in sites}
+        tail: dict[int, FoundSite] = {}
+        next_chain = 0
+        for site in sorted(sites, key=lambda s: self.order[s.node]):
+            stream = site.node.args[0] if site.stream_first else site.node.args[1]
+            source = self._chain_source(stream, site_of)
+            parent = site_of.get(source) if source is not None else None
+            if parent is not None and parent.chain >= 0 and tail.get(parent.chain) is parent:
+                site.chain, site.position = parent.chain, parent.position + 1
+            else:
+                site.chain, site.position = next_chain, 1
+                next_chain += 1
+            tail[site.chain] = site
+
+    def untagged_sites(self) -> list[Rejected]:
+        """Additions that would be sites but were not rewritten (library code, unrewritable source)."""
+        out = []
+        for node in self.cap.graph.nodes:
+            if node.op not in ("call_function", "call_method") or len(node.args) < 2:
+                continue
+            is_add = node.target in _PLAIN_ADDS or (node.op == "call_method" and node.target in ("add", "add_"))
+            if not is_add or len(node.kwargs) or not isinstance(node.args[1], fx.Node):
+                continue
+            stream_first, _ = self.classify(node)
+            if stream_first is not None:
+                out.append(Rejected(None, _where(node), "a residual-like add in code mhc_fx could not rewrite"))
+        return out
+
+
+def _where(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    path = next(reversed(stack.values()))[0] if stack else ""
+    trace = (node.meta.get("stack_trace") or "").strip().splitlines()
+    line = trace[-1].strip() if trace else ""
+    return f"{path}: {line}" if path else line or node.name
