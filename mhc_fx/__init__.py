@@ -13,7 +13,7 @@ from . import projections
 from .config import MHCConfig
 from .nn import MHCSequential, MHCSkip
 from .ops import mix
-from .transform import Report, convert, explain, inject_mhc, is_converted, mixing_weights
+from .transform import Report, convert, explain, from_pretrained, inject_mhc, is_converted, mixing_weights
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "__version__",
     "convert",
     "explain",
+    "from_pretrained",
     "inject_mhc",
     "is_converted",
     "mix",

@@ -217,17 +217,19 @@ def mixing_weights(
         alpha = torch.zeros_like(theta)
         alpha[..., -1] = 1.0
         return alpha
-    # Divide by the temperature rounded as `initial_logits` stores it (float32), then
-    # to theta's dtype: logits made by `initial_logits` and cast to any float dtype
-    # (a model's `.to(torch.float64)`, `.bfloat16()`) give theta / T == e_last exactly.
-    temperature = torch.tensor(config.temperature, dtype=torch.float32).to(device=theta.device, dtype=theta.dtype)
-    scaled = theta / temperature
     if config.mode == "hc":
-        alpha = softmax(scaled)
-    elif config.floor is not None:
-        alpha = project_floored_simplex(scaled, config.floor)
+        alpha = softmax(theta / config.temperature)
     else:
-        alpha = project_simplex(scaled)
+        # mhc: divide by the temperature rounded as `initial_logits` stores it (float32),
+        # then to theta's dtype, so that logits made by `initial_logits` and cast to any
+        # float dtype (a model's `.double()`, `.bfloat16()`) give theta / T == e_last
+        # exactly: the exact identity with a live gradient (DESIGN §1).
+        temperature = torch.tensor(config.temperature, dtype=torch.float32)
+        scaled = theta / temperature.to(device=theta.device, dtype=theta.dtype)
+        if config.floor is not None:
+            alpha = project_floored_simplex(scaled, config.floor)
+        else:
+            alpha = project_simplex(scaled)
     if config.stochastic and training:
         alpha = gumbel_softmax(alpha, temperature=config.temperature, generator=generator, floor=config.floor)
     return alpha

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import json
 import types
 from collections.abc import Iterable
 
@@ -188,6 +189,42 @@ def _where(key) -> str:
     return f"{path or '(root)'} add#{loc}" + (f" (call {n})" if n else "")
 
 
+class SiteParameters(nn.Module):
+    """The ``mhc.`` container: per-site logits in sub-modules named after module paths,
+    plus ``config_record``, the conversion options as JSON bytes, so that loading a
+    checkpoint converted with other options is a clear error."""
+
+    def __init__(self, config: MHCConfig) -> None:
+        super().__init__()
+        self.register_buffer("config_record", _encode(config))
+        self.register_load_state_dict_pre_hook(_check_record)
+
+    def extra_repr(self) -> str:
+        return _decode(self.config_record)
+
+
+def _encode(config: MHCConfig) -> torch.Tensor:
+    return torch.tensor(list(json.dumps(config.to_dict(), sort_keys=True).encode()), dtype=torch.uint8)
+
+
+def _decode(record: torch.Tensor) -> str:
+    return bytes(record.tolist()).decode()
+
+
+def _check_record(module, state_dict, prefix, *args) -> None:
+    key = prefix + "config_record"
+    theirs = state_dict.get(key)
+    if theirs is None or theirs.device.type == "meta" or module.config_record.device.type == "meta":
+        return
+    if not torch.equal(theirs.cpu(), module.config_record.cpu()):
+        saved, ours = json.loads(_decode(theirs)), json.loads(_decode(module.config_record))
+        diff = {k: (saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)}
+        raise ValueError(
+            "this checkpoint was converted with other mhc_fx options (option: (checkpoint, model)): "
+            f"{diff}; convert with the checkpoint's options, e.g. mhc_fx.from_pretrained"
+        )
+
+
 def _holder(root: nn.Module, owner: str) -> nn.Module:
     holder = root.get_submodule(PARAMS)
     for part in owner.split(".") if owner else []:
@@ -210,8 +247,8 @@ def _install(model: nn.Module, config: MHCConfig, specs: list[SiteSpec], report:
     model.__dict__[RUNTIME] = runtime
     if PARAMS in model._modules or hasattr(model, PARAMS):
         raise ValueError(f"the model already has an attribute {PARAMS!r}; mhc_fx stores its weights there")
-    model.add_module(PARAMS, nn.Module())
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.add_module(PARAMS, SiteParameters(config).to(device))
     for spec in specs:
         if spec.window > 1 and config.mode != "residual":
             spec.holder = _holder(model, spec.owner)
