@@ -17,6 +17,10 @@ from .transform import Report, convert, explain, from_pretrained, inject_mhc, is
 
 __version__ = "0.1.0"
 
+from . import backend as _backend  # noqa: E402
+
+_backend.register()
+
 __all__ = [
     "MHCConfig",
     "MHCSequential",
