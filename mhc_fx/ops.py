@@ -1,4 +1,4 @@
-"""The one custom op: ``torch.ops.mhc_fx.mix(branch, history, weights)``.
+"""The custom ops: ``torch.ops.mhc_fx.mix(branch, history, weights)`` (and a Gumbel-noise helper).
 
     mix(b, [s_0 .. s_{K-1}], w) = b + sum_k w[..., k] * s_k
 
@@ -43,6 +43,12 @@ def _check_inputs(branch: Tensor, history: Sequence[Tensor], weights: Tensor) ->
             f"mix: weights of shape {tuple(weights.shape)} have more leading dims than the states "
             f"of shape {tuple(branch.shape)}"
         )
+    lead = weights.shape[:-1]
+    if any(w != 1 and w != b for w, b in zip(lead, branch.shape)):
+        raise ValueError(
+            f"mix: weights of shape {tuple(weights.shape)} do not broadcast over the leading dims of the states "
+            f"{tuple(branch.shape[: len(lead)])} (weights[..., k] lines up with the states' first dims)"
+        )
     for k, state in enumerate(history):
         if state.dtype != branch.dtype:
             raise TypeError(
@@ -52,9 +58,7 @@ def _check_inputs(branch: Tensor, history: Sequence[Tensor], weights: Tensor) ->
         if state.device != branch.device:
             raise ValueError(f"mix: history[{k}] is on {state.device} but branch is on {branch.device}")
         if state.shape != branch.shape:
-            raise ValueError(
-                f"mix: history[{k}] has shape {tuple(state.shape)} but branch has {tuple(branch.shape)}"
-            )
+            raise ValueError(f"mix: history[{k}] has shape {tuple(state.shape)} but branch has {tuple(branch.shape)}")
     if weights.device != branch.device and weights.dim() > 0:
         raise ValueError(f"mix: weights are on {weights.device} but branch is on {branch.device}")
 
@@ -122,6 +126,31 @@ def _backward(ctx, grad: Tensor):
 
 
 _mix_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def gumbel_from_uniform(uniform: Tensor) -> Tensor:
+    """Standard Gumbel noise ``-log(-log(u))`` from uniform samples (clamped away from 0 and 1)."""
+    info = torch.finfo(uniform.dtype)
+    return -torch.log(-torch.log(uniform.clamp(info.tiny, 1.0 - info.eps)))
+
+
+@torch.library.custom_op("mhc_fx::gumbel_noise", mutates_args=())
+def _gumbel_noise(like: Tensor) -> Tensor:
+    # Opaque on purpose: under torch.compile it still draws from the global
+    # generator, so stochastic mixing gives the same samples compiled and eager.
+    return gumbel_from_uniform(torch.rand_like(like))
+
+
+@_gumbel_noise.register_fake
+def _gumbel_noise_fake(like: Tensor) -> Tensor:
+    return torch.empty_like(like)
+
+
+def gumbel_noise(like: Tensor) -> Tensor:
+    """Standard Gumbel noise shaped like ``like``, drawn from the global generator
+    (the same draws in eager and compiled code)."""
+    return torch.ops.mhc_fx.gumbel_noise(like.detach())
+
 
 #: The registered op overload, ``torch.ops.mhc_fx.mix.default``.
 mix_op = torch.ops.mhc_fx.mix.default

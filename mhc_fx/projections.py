@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .config import HC_INIT_GAP, MHCConfig
+from .ops import gumbel_from_uniform, gumbel_noise
 
 _METHODS = ("auto", "sort", "pairwise")
 #: Largest K for which ``method="auto"`` picks the sort-free O(K^2) form.
@@ -111,7 +112,8 @@ def project_floored_simplex(theta: torch.Tensor, epsilon: float, *, method: str 
     beta = _project_scaled_simplex(torch.cat([older, last - epsilon], -1), radius, method)
     older_alpha = beta[..., :-1]
     # 1 - sum(older) is alpha_last in exact arithmetic and is exactly 1 at the identity.
-    last_alpha = 1.0 - older_alpha.sum(-1, keepdim=True)
+    # clamp_min: on the bound, rounding could leave it a few ulps below epsilon (< 0 for eps 0).
+    last_alpha = (1.0 - older_alpha.sum(-1, keepdim=True)).clamp_min(epsilon)
     return torch.cat([older_alpha, last_alpha], -1).to(theta.dtype)
 
 
@@ -141,9 +143,11 @@ def gumbel_softmax(
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     dtype = _compute_dtype(probs)
     p = probs.to(dtype)
-    uniform = torch.rand(p.shape, generator=generator, device=p.device, dtype=dtype)
     tiny = torch.finfo(dtype).tiny
-    gumbel = -torch.log(-torch.log(uniform.clamp(tiny, 1.0 - torch.finfo(dtype).eps)))
+    if generator is None:
+        gumbel = gumbel_noise(p)
+    else:
+        gumbel = gumbel_from_uniform(torch.rand(p.shape, generator=generator, device=p.device, dtype=dtype))
     # Exact zeros get log = -inf (so they stay exactly zero at any temperature);
     # clamp_min keeps the unused log branch finite, so they get no (NaN) gradient.
     log_p = torch.where(p > 0, torch.log(p.clamp_min(tiny)), float("-inf"))

@@ -24,24 +24,45 @@ VOCAB = 100
 
 def tiny_gpt2() -> GPT2LMHeadModel:
     config = GPT2Config(
-        n_layer=3, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=64,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        n_layer=3,
+        n_embd=32,
+        n_head=4,
+        vocab_size=VOCAB,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return GPT2LMHeadModel(config).eval()
 
 
 def tiny_llama() -> LlamaForCausalLM:
     config = LlamaConfig(
-        num_hidden_layers=3, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        num_hidden_layers=3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return LlamaForCausalLM(config).eval()
 
 
 def tiny_bert() -> BertModel:
     config = BertConfig(
-        num_hidden_layers=3, hidden_size=32, intermediate_size=64, num_attention_heads=4, vocab_size=VOCAB,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        num_hidden_layers=3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        vocab_size=VOCAB,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return BertModel(config).eval()
 
@@ -111,8 +132,13 @@ def test_cached_generation_matches_full_forward_with_perturbed_weights(pair):
     perturb(model)
     ids, mask = left_padded()
     out = model.generate(
-        ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
-        output_logits=True, return_dict_in_generate=True,
+        ids,
+        attention_mask=mask,
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=0,
+        output_logits=True,
+        return_dict_in_generate=True,
     )
     seq = out.sequences
     full_mask = torch.cat([mask, torch.ones(seq.shape[0], seq.shape[1] - ids.shape[1], dtype=mask.dtype)], 1)
@@ -249,8 +275,13 @@ def test_compiled_static_cache_generation():
     config._compile_all_devices = True  # CPU: transformers compiles only on accelerators by default
     torch._dynamo.reset()
     out = converted.generate(
-        ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0,
-        cache_implementation="static", compile_config=config,
+        ids,
+        attention_mask=mask,
+        max_new_tokens=4,
+        do_sample=False,
+        pad_token_id=0,
+        cache_implementation="static",
+        compile_config=config,
     )
     ref = original.generate(
         ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0, cache_implementation="static"

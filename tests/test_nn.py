@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from mhc_fx import MHCSequential, MHCSkip
-from mhc_fx.ops import mix
 from mhc_fx.projections import mixing_weights
 
 WIDTH = 8
@@ -248,6 +247,25 @@ def test_b_history_does_not_leak_across_calls(use_checkpointing):
 # --------------------------------------------------------------------------- (c) no buffers
 
 
+def _tensor_attributes(model: nn.Module) -> list[str]:
+    """Tensors a module keeps outside its parameters and buffers (a history buffer would)."""
+    found = []
+    for name, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if attr in ("_parameters", "_buffers", "_modules"):
+                continue
+            values = (
+                list(value.values())
+                if isinstance(value, dict)
+                else value
+                if isinstance(value, (list, tuple))
+                else [value]
+            )
+            if any(isinstance(v, torch.Tensor) for v in values):
+                found.append(f"{name}.{attr}")
+    return found
+
+
 def test_c_no_history_buffer_to_dtype_and_state_dict_holds_only_parameters():
     model = MHCSequential(make_blocks(3), max_history=2)
     keys = sorted(model.state_dict())
@@ -260,8 +278,10 @@ def test_c_no_history_buffer_to_dtype_and_state_dict_holds_only_parameters():
     assert list(model.buffers()) == []
 
     x = torch.randn(3, WIDTH)
-    model(x)  # a forward pass adds no state
+    assert _tensor_attributes(model) == []
+    model(x).sum().backward()  # a forward pass adds no state
     assert sorted(model.state_dict()) == expected and list(model.buffers()) == []
+    assert _tensor_attributes(model) == []
 
     model = model.to(torch.float64)
     out = model(x.double())
@@ -336,7 +356,9 @@ def _all_grads(model, x, target):
 def test_e_checkpointing_gives_the_same_gradients(options):
     plain = MHCSequential(make_blocks(4), max_history=3, **options)
     perturb_logits(plain)
-    checkpointed = MHCSequential(copy.deepcopy(list(plain.wrapped_modules)), max_history=3, use_checkpointing=True, **options)
+    checkpointed = MHCSequential(
+        copy.deepcopy(list(plain.wrapped_modules)), max_history=3, use_checkpointing=True, **options
+    )
     checkpointed.load_state_dict(plain.state_dict())
     x, target = torch.randn(5, WIDTH), torch.randn(5, WIDTH)
     names = ["input"] + [n for n, _ in plain.named_parameters()]
@@ -351,7 +373,9 @@ def test_e_checkpointing_gives_the_same_gradients(options):
 def test_e_checkpointing_with_stochastic_mixing_replays_the_same_noise():
     plain = MHCSequential(make_blocks(3), max_history=3, stochastic=True)
     perturb_logits(plain)
-    checkpointed = MHCSequential(copy.deepcopy(list(plain.wrapped_modules)), max_history=3, stochastic=True, use_checkpointing=True)
+    checkpointed = MHCSequential(
+        copy.deepcopy(list(plain.wrapped_modules)), max_history=3, stochastic=True, use_checkpointing=True
+    )
     checkpointed.load_state_dict(plain.state_dict())
     x, target = torch.randn(5, WIDTH), torch.randn(5, WIDTH)
     torch.manual_seed(11)
@@ -517,13 +541,17 @@ BAD_ARGUMENTS = [
 ]
 
 
-@pytest.mark.parametrize("kwargs,exc,match", BAD_ARGUMENTS, ids=[next(iter(a[0])) + str(i) for i, a in enumerate(BAD_ARGUMENTS)])
+@pytest.mark.parametrize(
+    "kwargs,exc,match", BAD_ARGUMENTS, ids=[next(iter(a[0])) + str(i) for i, a in enumerate(BAD_ARGUMENTS)]
+)
 def test_bad_arguments_skip(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         MHCSkip(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs,exc,match", BAD_ARGUMENTS, ids=[next(iter(a[0])) + str(i) for i, a in enumerate(BAD_ARGUMENTS)])
+@pytest.mark.parametrize(
+    "kwargs,exc,match", BAD_ARGUMENTS, ids=[next(iter(a[0])) + str(i) for i, a in enumerate(BAD_ARGUMENTS)]
+)
 def test_bad_arguments_sequential(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         MHCSequential(make_blocks(2), **kwargs)

@@ -93,7 +93,9 @@ def test_weights_of_another_float_dtype_are_accepted_and_get_their_dtype_back():
     assert out.dtype == torch.float32
     out.sum().backward()
     assert weights.grad.dtype == F64
-    torch.testing.assert_close(weights.grad, torch.stack([s.detach().double().sum() for s in history]), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(
+        weights.grad, torch.stack([s.detach().double().sum() for s in history]), rtol=1e-6, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

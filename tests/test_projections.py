@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import sympy
 import torch
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -105,7 +105,19 @@ def test_result_lies_on_the_simplex(theta, method, eps):
     assert (alpha >= 0).all()
     torch.testing.assert_close(alpha.sum(-1), torch.ones(theta.shape[:-1], dtype=F64), atol=1e-12, rtol=0)
     if eps is not None:
-        assert (alpha[..., -1] >= eps - 1e-12).all()
+        assert (alpha[..., -1] >= eps).all()  # exactly, not just up to rounding
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_floored_last_entry_on_the_bound_is_not_rounded_below_it(method):
+    # 1 - 3 * (1/3) is -4.4e-16 in float64: the last weight was slightly negative
+    theta = torch.tensor([[3.0, 3.0, 3.0, 0.0], [3.0, 3.0, 3.0, -5.0]], dtype=F64)
+    alpha = P.project_floored_simplex(theta, 0.0, method=method)
+    assert (alpha >= 0).all()
+    assert torch.equal(alpha[:, -1], torch.zeros(2, dtype=F64))
+    torch.testing.assert_close(alpha, P.project_simplex(theta, method=method), atol=1e-15, rtol=0)
+    floored = P.project_floored_simplex(theta, 0.3, method=method)
+    assert (floored[:, -1] >= 0.3).all()
 
 
 @given(theta=theta_arrays(), method=st.sampled_from(METHODS), eps=maybe_eps)
@@ -164,9 +176,7 @@ def test_idempotent(theta, method, eps):
     shift=st.floats(-50, 50, allow_nan=False),
 )
 def test_shift_invariant(theta, method, eps, shift):
-    torch.testing.assert_close(
-        project(theta + shift, eps, method), project(theta, eps, method), atol=1e-11, rtol=0
-    )
+    torch.testing.assert_close(project(theta + shift, eps, method), project(theta, eps, method), atol=1e-11, rtol=0)
 
 
 @given(
@@ -265,8 +275,10 @@ def test_sort_and_pairwise_agree_large_k_with_ties(k):
         assert (sort >= 0).all() and (sort[0] > 0).all()  # all tied: uniform, nothing dropped
     # float32 too
     torch.testing.assert_close(
-        P.project_simplex(theta.float(), method="sort"), P.project_simplex(theta.float(), method="pairwise"),
-        atol=1e-6, rtol=0,
+        P.project_simplex(theta.float(), method="sort"),
+        P.project_simplex(theta.float(), method="pairwise"),
+        atol=1e-6,
+        rtol=0,
     )
 
 
@@ -437,6 +449,20 @@ def test_half_inputs_are_computed_in_float32_and_returned_in_their_dtype(dtype):
     out = P.project_simplex(theta)
     assert (out >= 0).all()
     torch.testing.assert_close(out.float().sum(-1), torch.ones(5), atol=2e-2, rtol=0)
+
+
+@given(theta=theta_arrays(), temperature=st.floats(0.05, 10.0), seed=st.integers(0, 2**16))
+def test_softmax_and_gumbel_softmax_lie_on_the_simplex(theta, temperature, seed):
+    soft = P.softmax(theta, temperature)
+    torch.testing.assert_close(soft, torch.softmax(theta / temperature, -1), atol=1e-15, rtol=0)
+    probs = P.project_simplex(theta)  # sparse probabilities, as in stochastic mhc
+    sample = P.gumbel_softmax(probs, temperature=temperature, generator=_gen(seed))
+    assert sample.dtype == F64 and sample.shape == theta.shape
+    assert (sample >= 0).all()
+    torch.testing.assert_close(sample.sum(-1), torch.ones(theta.shape[:-1], dtype=F64), atol=1e-12, rtol=0)
+    assert (sample[probs == 0] < 1e-20).all()
+    floored = P.gumbel_softmax(probs, temperature=temperature, generator=_gen(seed), floor=0.25)
+    assert (floored[..., -1] >= 0.25).all() and (floored >= 0).all()
 
 
 # --------------------------------------------------------------------------- sinkhorn

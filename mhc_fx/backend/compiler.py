@@ -45,9 +45,18 @@ def _validate_options(options: dict[str, Any] | None) -> tuple[dict[str, Any], i
     return options, window
 
 
+class _DecompositionTable(dict):
+    """The table, pickled by reference: Inductor hashes its compile kwargs (this table
+    among them) into the FX-graph cache key, and the table's values (aten's builtin
+    functions) do not pickle. Its contents are keyed by `MixCacheKey` instead."""
+
+    def __reduce__(self):
+        return (decompositions, ())
+
+
 def decompositions() -> dict:
     """Inductor's decomposition table with ``mhc_fx::mix`` decomposed into plain ops."""
-    return {**select_decomp_table(), mix_op: mix_reference}
+    return _DecompositionTable({**select_decomp_table(), mix_op: mix_reference})
 
 
 def config_patches(mode: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -57,16 +66,18 @@ def config_patches(mode: str | None = None, options: dict[str, Any] | None = Non
     if mode is not None:
         patches.update(torch._inductor.list_mode_options(mode))
     patches.update(user)
-    threshold = max(int(patches.get("unroll_reductions_threshold", inductor_config.unroll_reductions_threshold)),
-                    window + 1)
+    threshold = max(
+        int(patches.get("unroll_reductions_threshold", inductor_config.unroll_reductions_threshold)), window + 1
+    )
     patches["unroll_reductions_threshold"] = threshold
     existing = patches.get("post_grad_custom_post_pass", inductor_config.post_grad_custom_post_pass)
     patches["post_grad_custom_post_pass"] = PassChain(existing, MixCacheKey()) if existing else MixCacheKey()
     return patches
 
 
-def mhc_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | None = None,
-                options: dict[str, Any] | None = None):
+def mhc_backend(
+    gm: torch.fx.GraphModule, example_inputs, *, mode: str | None = None, options: dict[str, Any] | None = None
+):
     """``torch.compile(model, backend="mhc", mode=..., options=...)``: Inductor plus mix fusion.
 
     ``mode`` is one of Inductor's modes (``"default"``, ``"reduce-overhead"``,

@@ -61,6 +61,14 @@ def normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     )
 
 
+class _Tracer(fx.Tracer):
+    """fx's tracer, but ``nn.Identity`` is traced through (as export does), so an
+    identity shortcut does not hide that the stream feeds the branch."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return not isinstance(m, nn.Identity) and super().is_leaf_module(m, qualname)
+
+
 def capture_fx(model: nn.Module, args: tuple, kwargs: dict) -> Captured:
     """Symbolically trace ``model`` (its instance-level rewritten forward included)."""
     root_forward = model.__dict__.get("forward")
@@ -69,7 +77,7 @@ def capture_fx(model: nn.Module, args: tuple, kwargs: dict) -> Captured:
         # fx traces type(root).forward: give the root a throwaway subclass for the trace.
         model.__class__ = type(original_class.__name__, (original_class,), {"forward": root_forward.__func__})
     try:
-        tracer = fx.Tracer()
+        tracer = _Tracer()
         graph = tracer.trace(model)
     finally:
         model.__class__ = original_class

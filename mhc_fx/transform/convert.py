@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import json
 import types
 from collections.abc import Iterable
 
@@ -23,9 +22,8 @@ import torch
 from torch import nn
 
 from ..config import MHCConfig
-from ..projections import initial_logits
 from ..projections import mixing_weights as _project
-from . import hf
+from . import hf, params
 from .capture import capture_export, capture_fx, normalize_inputs
 from .report import Report, SiteInfo, SkippedInfo
 from .runtime import HELPERS, SiteRuntime, SiteSpec, scoped_forward
@@ -34,7 +32,6 @@ from .source import RewriteError, rewrite_function
 
 RUNTIME = "_mhc_fx_runtime"
 PATH = "_mhc_fx_path"
-PARAMS = "mhc"
 
 
 class Scope:
@@ -55,7 +52,12 @@ class Scope:
             return None
         if isinstance(value, (str, type)):
             value = [value]
-        value = list(value)
+        try:
+            value = list(value)
+        except TypeError:
+            raise TypeError(
+                f"{name} must be a module-path glob, an nn.Module class or a list of them, got {value!r}"
+            ) from None
         for v in value:
             if not (isinstance(v, str) or (isinstance(v, type) and issubclass(v, nn.Module))):
                 raise TypeError(f"{name} must hold module-path globs (str) or nn.Module classes, got {v!r}")
@@ -148,16 +150,18 @@ def _analyse(model: nn.Module, config: MHCConfig, scope: Scope, example_inputs):
     inst = _Instrumenter(runtime)
     modes = {m: m.training for m in model.modules()}
     for path, module in model.named_modules():
-        inst.bind(module, path, scope_only_ok=(path == ""))
+        inst.bind(module, path, scope_only_ok=False)
+    runtime.open()  # the capture runs inside one scope, whatever the root's forward is
     try:
         model.eval()
         with torch.no_grad():
             captured = _capture(model, example_inputs)
     finally:
+        runtime.close()
         inst.unbind_all()
         for m, mode in modes.items():
             m.training = mode
-    finder = SiteFinder(captured)
+    finder = SiteFinder(captured, frozenset(runtime.inplace_tags))
     found, rejected = finder.find()
     tags = runtime.tags
     skipped = [SkippedInfo(_where(tags[r.tag]), r.reason) for r in rejected]
@@ -189,51 +193,6 @@ def _where(key) -> str:
     return f"{path or '(root)'} add#{loc}" + (f" (call {n})" if n else "")
 
 
-class SiteParameters(nn.Module):
-    """The ``mhc.`` container: per-site logits in sub-modules named after module paths,
-    plus ``config_record``, the conversion options as JSON bytes, so that loading a
-    checkpoint converted with other options is a clear error."""
-
-    def __init__(self, config: MHCConfig) -> None:
-        super().__init__()
-        self.register_buffer("config_record", _encode(config))
-        self.register_load_state_dict_pre_hook(_check_record)
-
-    def extra_repr(self) -> str:
-        return _decode(self.config_record)
-
-
-def _encode(config: MHCConfig) -> torch.Tensor:
-    return torch.tensor(list(json.dumps(config.to_dict(), sort_keys=True).encode()), dtype=torch.uint8)
-
-
-def _decode(record: torch.Tensor) -> str:
-    return bytes(record.tolist()).decode()
-
-
-def _check_record(module, state_dict, prefix, *args) -> None:
-    key = prefix + "config_record"
-    theirs = state_dict.get(key)
-    if theirs is None or theirs.device.type == "meta" or module.config_record.device.type == "meta":
-        return
-    if not torch.equal(theirs.cpu(), module.config_record.cpu()):
-        saved, ours = json.loads(_decode(theirs)), json.loads(_decode(module.config_record))
-        diff = {k: (saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)}
-        raise ValueError(
-            "this checkpoint was converted with other mhc_fx options (option: (checkpoint, model)): "
-            f"{diff}; convert with the checkpoint's options, e.g. mhc_fx.from_pretrained"
-        )
-
-
-def _holder(root: nn.Module, owner: str) -> nn.Module:
-    holder = root.get_submodule(PARAMS)
-    for part in owner.split(".") if owner else []:
-        if part not in holder._modules:
-            holder.add_module(part, nn.Module())
-        holder = holder._modules[part]
-    return holder
-
-
 def _install(model: nn.Module, config: MHCConfig, specs: list[SiteSpec], report: Report) -> None:
     runtime = SiteRuntime(config)
     runtime.report = report
@@ -245,16 +204,8 @@ def _install(model: nn.Module, config: MHCConfig, specs: list[SiteSpec], report:
         if not ok:  # cannot happen: owners were rewritten during analysis
             raise RuntimeError(f"mhc_fx: the forward of {path!r} could not be rewritten")
     model.__dict__[RUNTIME] = runtime
-    if PARAMS in model._modules or hasattr(model, PARAMS):
-        raise ValueError(f"the model already has an attribute {PARAMS!r}; mhc_fx stores its weights there")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    model.add_module(PARAMS, SiteParameters(config).to(device))
+    params.attach(model, config, specs)
     for spec in specs:
-        if spec.window > 1 and config.mode != "residual":
-            spec.holder = _holder(model, spec.owner)
-            spec.attr = spec.name.rsplit(".", 1)[-1]
-            theta = initial_logits(config, spec.window).to(device)
-            spec.holder.register_parameter(spec.attr, nn.Parameter(theta))
         runtime.sites[spec.key] = spec
     if hf.is_hf_model(model):
         hf.record_config(model, {**config.to_dict(), "sites": len(specs)})
@@ -326,7 +277,9 @@ def convert(
         auto_project=auto_project,
     )
     if auto_project:
-        raise NotImplementedError("auto_project=True is not implemented in convert yet; chains restart at shape changes")
+        raise NotImplementedError(
+            "auto_project=True is not implemented in convert yet; chains restart at shape changes"
+        )
     if not isinstance(inplace, bool):
         raise TypeError(f"inplace must be a bool, got {inplace!r}")
     if is_converted(model):
@@ -366,7 +319,7 @@ def mixing_weights(model: nn.Module) -> dict[str, torch.Tensor]:
             if spec.holder is None:
                 out[spec.name] = torch.eye(spec.window)[-1]
             else:
-                out[spec.name] = _project(getattr(spec.holder, spec.attr), runtime.config, training=False).detach()
+                out[spec.name] = _project(spec.holder._parameters[spec.attr], runtime.config, training=False).detach()
     return out
 
 

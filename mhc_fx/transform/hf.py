@@ -30,14 +30,15 @@ def example_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict[st
     name = getattr(model, "main_input_name", "input_ids")
     params = inspect.signature(model.forward).parameters
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)  # never advance the user's global RNG
     if name == "pixel_values":
         size = getattr(config, "image_size", 32)
         size = size if isinstance(size, int) else size[0]
         channels = getattr(config, "num_channels", 3)
-        inputs: dict[str, Any] = {name: torch.randn(batch, channels, size, size, device=device)}
+        inputs: dict[str, Any] = {name: torch.randn(batch, channels, size, size, generator=gen).to(device)}
     elif name in ("input_ids", "decoder_input_ids"):
         vocab = getattr(config, "vocab_size", 16)
-        inputs = {name: torch.randint(0, max(vocab, 2), (batch, length), device=device)}
+        inputs = {name: torch.randint(0, max(vocab, 2), (batch, length), generator=gen).to(device)}
     else:
         raise ValueError(
             f"cannot build example inputs for a {type(model).__name__} (main input {name!r}); pass example_inputs="

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from ..config import MHCConfig
-from .convert import PARAMS, convert
+from .convert import convert
 from .hf import CONFIG_KEY
+from .params import PARAMS
 
 
 def _read_site_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -67,7 +67,8 @@ class Report:
         c = self.config
         lines = [
             f"mhc_fx report for {self.model}: {len(self.sites)} sites in {len(self.chains)} chains, "
-            f"{len(self.skipped)} additions skipped (mode={c.mode}, max_history={c.max_history}, capture={self.capture})"
+            f"{len(self.skipped)} additions skipped "
+            f"(mode={c.mode}, max_history={c.max_history}, capture={self.capture})"
         ]
         if self.sites:
             lines.append(_table(["site", "module", "chain", "pos", "K", "shape"], self._site_rows()))

@@ -49,6 +49,7 @@ class SiteRuntime:
         self.config = config
         self.sites: dict[SiteKey, SiteSpec] = {}
         self.tags: list[SiteKey] | None = None  # a list while capturing for analysis
+        self.inplace_tags: set[int] = set()  # tags of `x += y` additions
         self.report: Any = None
         self.depth = 0
         self.counters: dict = {}
@@ -83,9 +84,11 @@ class SiteRuntime:
         self.counters[(path, loc)] = n + 1
         return (path, loc, n)
 
-    def add(self, module: nn.Module, key: SiteKey, a: Tensor, b: Tensor) -> Tensor:
+    def add(self, module: nn.Module, key: SiteKey, a: Tensor, b: Tensor, inplace: bool = False) -> Tensor:
         if self.tags is not None:
             self.tags.append(key)
+            if inplace:
+                self.inplace_tags.add(len(self.tags) - 1)
             return torch.ops.mhc_fx.tag_add(a, b, len(self.tags) - 1)
         site = self.sites.get(key)
         if site is None:
@@ -116,7 +119,7 @@ class SiteRuntime:
                 )
         if config.detach_history:
             window = [s.detach() for s in window[:-1]] + window[-1:]
-        alpha = mixing_weights(getattr(site.holder, site.attr), config, training=training)
+        alpha = mixing_weights(site.holder._parameters[site.attr], config, training=training)
         return mix(branch, window, alpha)
 
 
@@ -146,7 +149,7 @@ def site_iadd(module: nn.Module, loc: int, a: Any, b: Any) -> Any:
     if rt.tags is None and key not in rt.sites:
         a += b
         return a
-    return rt.add(module, key, a, b)
+    return rt.add(module, key, a, b, inplace=True)
 
 
 def enter_scope(module: nn.Module) -> bool:

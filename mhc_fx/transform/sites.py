@@ -62,7 +62,18 @@ _PRESERVING_FUNCTIONS = {
 }
 _PRESERVING_METHODS = {"relu", "contiguous", "clone", "detach", "float", "to", "type_as", "tanh", "sigmoid"}
 # Ops that only re-view or cast a value; an operand reached through them is the same stream.
-_ALIAS_NAMES = {"to", "_to_copy", "clone", "alias", "contiguous", "detach", "lift_fresh_copy", "type_as", "view", "reshape"}
+_ALIAS_NAMES = {
+    "to",
+    "_to_copy",
+    "clone",
+    "alias",
+    "contiguous",
+    "detach",
+    "lift_fresh_copy",
+    "type_as",
+    "view",
+    "reshape",
+}
 _PLAIN_ADDS = {operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor}
 
 
@@ -137,8 +148,9 @@ def _ancestors(node: fx.Node) -> set[fx.Node]:
 class SiteFinder:
     """Runs the analysis over one `Captured` graph."""
 
-    def __init__(self, captured: Captured) -> None:
+    def __init__(self, captured: Captured, inplace_tags: frozenset = frozenset()) -> None:
         self.cap = captured
+        self.inplace_tags = inplace_tags
         self.order = {n: i for i, n in enumerate(captured.graph.nodes)}
 
     # -- per-node facts --------------------------------------------------------
@@ -212,6 +224,9 @@ class SiteFinder:
             node = inputs[0]
         return node
 
+    def _used_after(self, value: fx.Node, node: fx.Node) -> bool:
+        return any(self.order[user] > self.order[node] for user in value.users)
+
     def find(self) -> tuple[list[FoundSite], list[Rejected]]:
         sites: list[FoundSite] = []
         rejected: list[Rejected] = []
@@ -220,6 +235,14 @@ class SiteFinder:
                 continue
             tag = node.args[2]
             stream_first, reason = self.classify(node)
+            if stream_first is not None and tag in self.inplace_tags and self._used_after(node.args[0], node):
+                stream_first, reason = (
+                    None,
+                    (
+                        "in-place add on a value that another name reads later: converting it would change what that "
+                        "name sees"
+                    ),
+                )
             if stream_first is None:
                 rejected.append(Rejected(tag, "", reason))
                 continue

@@ -159,7 +159,9 @@ def _rewrap(wrapper: types.FunctionType, old_inner: Callable, new_inner: Callabl
         )
     for i in hits:
         cells[i] = types.CellType(new_inner)
-    new = types.FunctionType(wrapper.__code__, wrapper.__globals__, wrapper.__name__, wrapper.__defaults__, tuple(cells))
+    new = types.FunctionType(
+        wrapper.__code__, wrapper.__globals__, wrapper.__name__, wrapper.__defaults__, tuple(cells)
+    )
     new.__kwdefaults__ = wrapper.__kwdefaults__
     new.__dict__.update(wrapper.__dict__)
     new.__wrapped__ = new_inner

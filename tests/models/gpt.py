@@ -49,8 +49,15 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab: int = 64, dim: int = 32, heads: int = 4, layers: int = 4, block_size: int = 64,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        vocab: int = 64,
+        dim: int = 32,
+        heads: int = 4,
+        layers: int = 4,
+        block_size: int = 64,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.wte = nn.Embedding(vocab, dim)
         self.wpe = nn.Embedding(block_size, dim)

@@ -39,8 +39,17 @@ def _seeded(build):
 
 def _gpt2_config(dropout: float = 0.0):
     return transformers.GPT2Config(
-        vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=2, n_inner=32,
-        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=0, eos_token_id=0,
+        vocab_size=VOCAB,
+        n_positions=32,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_inner=32,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=0,
+        eos_token_id=0,
     )
 
 
@@ -52,31 +61,65 @@ def gpt2_with_dropout(p: float = 0.2):
 
 
 def _bert():
-    return transformers.BertModel(transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    ))
+    return transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
 
 
 def _llama():
-    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=32, attention_dropout=0.0, bos_token_id=0, eos_token_id=0,
-        pad_token_id=0,
-    ))
+    return transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=32,
+            attention_dropout=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    )
 
 
 def _vit():
-    return transformers.ViTModel(transformers.ViTConfig(
-        image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    ))
+    return transformers.ViTModel(
+        transformers.ViTConfig(
+            image_size=8,
+            patch_size=4,
+            num_channels=3,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
 
 
 def _resnet():
-    return transformers.ResNetModel(transformers.ResNetConfig(
-        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[2, 3], layer_type="basic", hidden_act="relu",
-    ))
+    return transformers.ResNetModel(
+        transformers.ResNetConfig(
+            num_channels=3,
+            embedding_size=8,
+            hidden_sizes=[8, 16],
+            depths=[2, 3],
+            layer_type="basic",
+            hidden_act="relu",
+        )
+    )
 
 
 def _ids():
@@ -98,27 +141,85 @@ if transformers is not None:
     HF_ZOO = [
         # GPT2Block: attn_output + residual, residual + mlp = 2 sites x 2 layers = 4,
         # ONE chain of 4. Not sites: wte + wpe, and the tanh-GELU's x + 0.044715 x^3.
-        ZooEntry("hf_gpt2", _seeded(lambda: transformers.GPT2Model(_gpt2_config())), _ids, 4, (4,), "wte",
-                 "input_ids", kwargs=_mask, hf=True, block_class=GPT2Block),
-        ZooEntry("hf_gpt2_lm", _seeded(lambda: transformers.GPT2LMHeadModel(_gpt2_config())), _ids, 4, (4,),
-                 "transformer.wte", "input_ids", kwargs=_mask, hf=True, block_class=GPT2Block),
+        ZooEntry(
+            "hf_gpt2",
+            _seeded(lambda: transformers.GPT2Model(_gpt2_config())),
+            _ids,
+            4,
+            (4,),
+            "wte",
+            "input_ids",
+            kwargs=_mask,
+            hf=True,
+            block_class=GPT2Block,
+        ),
+        ZooEntry(
+            "hf_gpt2_lm",
+            _seeded(lambda: transformers.GPT2LMHeadModel(_gpt2_config())),
+            _ids,
+            4,
+            (4,),
+            "transformer.wte",
+            "input_ids",
+            kwargs=_mask,
+            hf=True,
+            block_class=GPT2Block,
+        ),
         # BERT (post-norm): BertSelfOutput LN(h + input) and BertOutput LN(h + input) =
         # 2 sites x 2 layers = 4, ONE chain of 4 through the LayerNorms. Not sites: the
         # word + token-type + position embedding adds.
-        ZooEntry("hf_bert", _seeded(_bert), _ids, 4, (4,), "embeddings.word_embeddings", "input_ids",
-                 kwargs=_mask, hf=True, block_class=BertLayer),
+        ZooEntry(
+            "hf_bert",
+            _seeded(_bert),
+            _ids,
+            4,
+            (4,),
+            "embeddings.word_embeddings",
+            "input_ids",
+            kwargs=_mask,
+            hf=True,
+            block_class=BertLayer,
+        ),
         # Llama (pre-RMSNorm): residual + attn, residual + mlp = 2 x 2 layers = 4, ONE chain.
         # Not sites: the rotary q*cos + rotate_half(q)*sin (neither operand from the other).
-        ZooEntry("hf_llama", _seeded(_llama), _ids, 4, (4,), "model.embed_tokens", "input_ids",
-                 kwargs=_mask, hf=True, block_class=LlamaDecoderLayer),
+        ZooEntry(
+            "hf_llama",
+            _seeded(_llama),
+            _ids,
+            4,
+            (4,),
+            "model.embed_tokens",
+            "input_ids",
+            kwargs=_mask,
+            hf=True,
+            block_class=LlamaDecoderLayer,
+        ),
         # ViT: attention_output + hidden, hidden + mlp = 2 x 2 layers = 4, ONE chain. Not a
         # site: embeddings + position_embeddings.
-        ZooEntry("hf_vit", _seeded(_vit), _pixels, 4, (4,), "embeddings.patch_embeddings.projection",
-                 "pixel_values", hf=True, block_class=ViTLayer),
+        ZooEntry(
+            "hf_vit",
+            _seeded(_vit),
+            _pixels,
+            4,
+            (4,),
+            "embeddings.patch_embeddings.projection",
+            "pixel_values",
+            hf=True,
+            block_class=ViTLayer,
+        ),
         # ResNet (basic, embedding 8, hidden [8, 16], depths [2, 3]): stage 0 keeps 8 channels
         # and stride 1, so both layers have an Identity shortcut (2 sites, one chain); stage 1's
         # first layer has a projection shortcut (8 -> 16, stride 2): NOT a site, the chain
         # restarts; its layers 1 and 2 are sites (chain of 2). Total 4 sites, chains (2, 2).
-        ZooEntry("hf_resnet", _seeded(_resnet), _pixels, 4, (2, 2), "embedder.embedder.convolution",
-                 "pixel_values", hf=True, block_class=ResNetBasicLayer),
+        ZooEntry(
+            "hf_resnet",
+            _seeded(_resnet),
+            _pixels,
+            4,
+            (2, 2),
+            "embedder.embedder.convolution",
+            "pixel_values",
+            hf=True,
+            block_class=ResNetBasicLayer,
+        ),
     ]

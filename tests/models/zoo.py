@@ -181,8 +181,9 @@ class ViTEncoder(nn.Module):
     embedding add (a parameter, not computed from the tokens).
     """
 
-    def __init__(self, image: int = 8, patch: int = 4, dim: int = 16, heads: int = 2, depth: int = 2,
-                 classes: int = 4) -> None:
+    def __init__(
+        self, image: int = 8, patch: int = 4, dim: int = 16, heads: int = 2, depth: int = 2, classes: int = 4
+    ) -> None:
         super().__init__()
         tokens = (image // patch) ** 2 + 1
         self.patch = nn.Conv2d(3, dim, patch, patch)
@@ -319,6 +320,29 @@ class PlainMLP(nn.Module):
 
 
 # ----------------------------------------------------------------------------
+# In-place residual on a stream another name still refers to (not in ZOO)
+# ----------------------------------------------------------------------------
+class AliasedInplace(nn.Module):
+    """``skip = h; h += f(relu(h))``: the in-place add also changes ``skip`` (the same
+    tensor), so the original returns ``(h + g(h)) * h_new``. Legal for autograd: relu
+    saves its output, not h. Sites: the in-place add and ``h + g(h)`` = 2, one chain.
+    """
+
+    def __init__(self, d_in: int = 8, dim: int = 16) -> None:
+        super().__init__()
+        self.inp = nn.Linear(d_in, dim)
+        self.f = nn.Linear(dim, dim)
+        self.g = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        skip = h
+        h += self.f(torch.relu(h))
+        h = h + self.g(h)
+        return h * skip
+
+
+# ----------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
@@ -355,10 +379,19 @@ ZOO: list[ZooEntry] = [
     # PostNormTransformer: 3 blocks x 2 = 6 sites, ONE chain of 6: the next stream is
     # LayerNorm(y) (a shape-preserving single-input op).
     ZooEntry("postnorm", _seeded(PostNormTransformer, layers=3, dim=32), _tokens(), 6, (6,), "embed", "idx"),
-    ZooEntry("resnet_cnn", _seeded(ResNetCNN), _floats(2, 3, 8, 8), 5, (2, 2, 1), "stem.0", "x",
-             block_class=BasicBlock),
-    ZooEntry("resnet_identity_module", _seeded(ResNetIdentityShortcut), _floats(2, 3, 8, 8), 5, (2, 2, 1), "stem.0",
-             "x", block_class=IdentityShortcutBlock),
+    ZooEntry(
+        "resnet_cnn", _seeded(ResNetCNN), _floats(2, 3, 8, 8), 5, (2, 2, 1), "stem.0", "x", block_class=BasicBlock
+    ),
+    ZooEntry(
+        "resnet_identity_module",
+        _seeded(ResNetIdentityShortcut),
+        _floats(2, 3, 8, 8),
+        5,
+        (2, 2, 1),
+        "stem.0",
+        "x",
+        block_class=IdentityShortcutBlock,
+    ),
     ZooEntry("vit", _seeded(ViTEncoder), _floats(2, 3, 8, 8), 4, (4,), "patch", "images", block_class=ViTBlock),
     ZooEntry("mixer", _seeded(MLPMixer), _floats(2, 3, 8, 8), 4, (4,), "patch", "images", block_class=MixerBlock),
     ZooEntry("mixed_forms", _seeded(MixedForms), _floats(4, 8), 4, (4,), "inp", "x"),
