@@ -14,6 +14,7 @@ model runs (then it looks the key up among the sites): the two cannot disagree.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -54,6 +55,19 @@ class SiteRuntime:
         self.depth = 0
         self.counters: dict = {}
         self.histories: dict = {}
+
+    def __deepcopy__(self, memo) -> SiteRuntime:
+        new = SiteRuntime.__new__(SiteRuntime)
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError(
+            "mhc_fx: a converted model cannot be pickled whole (torch.save(model)): its forwards are generated "
+            "functions. Save model.state_dict() (or save_pretrained), then convert the original model again and "
+            "load_state_dict (or mhc_fx.from_pretrained)"
+        )
 
     # -- scope ---------------------------------------------------------------
     def open(self) -> None:
