@@ -23,10 +23,11 @@ from torch import nn
 
 from ..config import MHCConfig
 from ..projections import mixing_weights as _project
-from . import hf, params
+from . import hf, params, source
 from .capture import capture_export, capture_fx, normalize_inputs
+from .checkpointing import site_checkpoint
 from .report import Report, SiteInfo, SkippedInfo
-from .runtime import HELPERS, SiteRuntime, SiteSpec, scoped_forward
+from .runtime import SiteRuntime, SiteSpec, enter_scope, exit_scope, scoped_forward, site_add, site_iadd
 from .sites import SiteFinder
 from .source import RewriteError, rewrite_function
 
@@ -86,6 +87,15 @@ def _prefixes(path: str) -> list[str]:
 
 def _rewritable(cls: type) -> bool:
     return not cls.__module__.startswith("torch.") and cls.forward is not nn.Module.forward
+
+
+HELPERS = {
+    source.ADD: site_add,
+    source.IADD: site_iadd,
+    source.CHECKPOINT: site_checkpoint,
+    source.ENTER: enter_scope,
+    source.EXIT: exit_scope,
+}
 
 
 class _Instrumenter:
@@ -207,7 +217,12 @@ def _install(model: nn.Module, config: MHCConfig, specs: list[SiteSpec], report:
     params.attach(model, config, specs)
     for spec in specs:
         runtime.sites[spec.key] = spec
-    if hf.is_hf_model(model):
+    if not hf.is_hf_model(model):
+        report.notes.append(
+            f"{report.capture} path: the model keeps its class, call signature, outputs, state_dict keys and "
+            "deepcopy; torch.save of the whole module raises (save the state_dict)"
+        )
+    else:
         hf.record_config(model, {**config.to_dict(), "sites": len(specs)})
         model.__dict__["_set_gradient_checkpointing"] = types.MethodType(hf.set_gradient_checkpointing, model)
         hf.wrap_checkpointing(model, runtime)

@@ -1,5 +1,5 @@
 """What Hugging Face models need: example inputs for capture, the recorded config,
-and gradient checkpointing that replays a block with the history it first saw.
+and their gradient checkpointing routed through `CheckpointWithHistory`.
 
 Imports of ``transformers`` stay lazy: mhc_fx does not depend on it.
 """
@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpointing import CheckpointWithHistory
 from .runtime import SiteRuntime
 
 CONFIG_KEY = "mhc_fx"
@@ -53,42 +54,6 @@ def record_config(model: nn.Module, data: dict) -> None:
     config = getattr(model, "config", None)
     if config is not None:
         setattr(config, CONFIG_KEY, data)
-
-
-class CheckpointWithHistory:
-    """Wraps a layer's ``_gradient_checkpointing_func``: the recompute in backward
-    runs the block in a private scope restored from the history it saw in forward."""
-
-    def __init__(self, inner, runtime: SiteRuntime) -> None:
-        self.inner = inner
-        self.runtime = runtime
-
-    def __call__(self, fn, *args, **kwargs):
-        rt = self.runtime
-        if rt.depth == 0:
-            return self.inner(fn, *args, **kwargs)
-        keywords = getattr(self.inner, "keywords", {}) or {}
-        if keywords.get("use_reentrant", False):
-            raise NotImplementedError(
-                "mhc_fx: reentrant checkpointing cannot see the history a converted block reads; enable it with "
-                "gradient_checkpointing_kwargs={'use_reentrant': False}"
-            )
-        state = rt.snapshot()
-        calls = []
-
-        def run(*a, **k):
-            calls.append(None)
-            if len(calls) == 1:  # the forward itself: the live scope
-                return fn(*a, **k)
-            saved = (rt.depth, rt.counters, rt.histories)
-            rt.depth = 1
-            rt.restore(state)
-            try:
-                return fn(*a, **k)
-            finally:
-                rt.depth, rt.counters, rt.histories = saved
-
-        return self.inner(run, *args, **kwargs)
 
 
 def wrap_checkpointing(model: nn.Module, runtime: SiteRuntime) -> None:

@@ -141,13 +141,14 @@ def _is_tensor_like(x: Any) -> bool:
     return isinstance(x, (Tensor, torch.fx.Proxy))
 
 
-def _runtime(module: nn.Module) -> SiteRuntime | None:
+def runtime_of(module: nn.Module) -> SiteRuntime | None:
+    """The runtime a rewritten module belongs to (None for any other module)."""
     return module.__dict__.get("_mhc_fx_runtime")
 
 
 def site_add(module: nn.Module, loc: int, a: Any, b: Any) -> Any:
     """``a + b`` at rewritten location ``loc`` of ``module``'s forward."""
-    rt = _runtime(module)
+    rt = runtime_of(module)
     if rt is None or rt.depth == 0 or not (_is_tensor_like(a) and _is_tensor_like(b)):
         return a + b
     return rt.add(module, rt.next_key(module.__dict__["_mhc_fx_path"], loc), a, b)
@@ -155,7 +156,7 @@ def site_add(module: nn.Module, loc: int, a: Any, b: Any) -> Any:
 
 def site_iadd(module: nn.Module, loc: int, a: Any, b: Any) -> Any:
     """``a += b`` at rewritten location ``loc``: in place unless the addition is a site."""
-    rt = _runtime(module)
+    rt = runtime_of(module)
     if rt is None or rt.depth == 0 or not (_is_tensor_like(a) and _is_tensor_like(b)):
         a += b
         return a
@@ -167,7 +168,7 @@ def site_iadd(module: nn.Module, loc: int, a: Any, b: Any) -> Any:
 
 
 def enter_scope(module: nn.Module) -> bool:
-    rt = _runtime(module)
+    rt = runtime_of(module)
     if rt is None:
         return False
     rt.open()
@@ -176,7 +177,7 @@ def enter_scope(module: nn.Module) -> bool:
 
 def exit_scope(module: nn.Module, token: bool) -> None:
     if token:
-        _runtime(module).close()
+        runtime_of(module).close()
 
 
 def scoped_forward(self, *args, **kwargs):
@@ -186,11 +187,3 @@ def scoped_forward(self, *args, **kwargs):
         return type(self).forward(self, *args, **kwargs)
     finally:
         exit_scope(self, token)
-
-
-HELPERS = {
-    "__mhc_fx_add": site_add,
-    "__mhc_fx_iadd": site_iadd,
-    "__mhc_fx_enter": enter_scope,
-    "__mhc_fx_exit": exit_scope,
-}

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 ADD = "__mhc_fx_add"
 IADD = "__mhc_fx_iadd"
+CHECKPOINT = "__mhc_fx_checkpoint"
 ENTER = "__mhc_fx_enter"
 EXIT = "__mhc_fx_exit"
 TOKEN = "__mhc_fx_token"
@@ -60,6 +61,12 @@ class _AddRewriter(ast.NodeTransformer):
         )
         if is_torch_add and len(node.args) == 2 and not node.keywords:
             return ast.copy_location(self._call(ADD, node.args[0], node.args[1]), node)
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if name == "checkpoint" and node.args:
+            # checkpoint(f, *args) -> __mhc_fx_checkpoint(self, checkpoint, f, *args): the runtime
+            # replays f's history on recompute (only for torch.utils.checkpoint.checkpoint).
+            args = [ast.Name(self.self_name, ast.Load()), func, *node.args]
+            return ast.copy_location(ast.Call(ast.Name(CHECKPOINT, ast.Load()), args, node.keywords), node)
         return node
 
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.stmt:
@@ -181,7 +188,7 @@ def _cell_value(cell: types.CellType):
 def rewrite_function(fn: Callable, helpers: dict[str, Callable]) -> types.FunctionType:
     """A copy of ``fn`` (possibly decorated) whose additions call ``helpers``.
 
-    ``helpers`` maps the names `ADD`, `IADD`, `ENTER`, `EXIT` to the runtime's functions.
+    ``helpers`` maps the names `ADD`, `IADD`, `CHECKPOINT`, `ENTER`, `EXIT` to the runtime's functions.
     Raises `RewriteError` when the source is unavailable or a decorator cannot be re-wrapped.
     """
     chain = [fn]
@@ -193,3 +200,34 @@ def rewrite_function(fn: Callable, helpers: dict[str, Callable]) -> types.Functi
     for wrapper, old_inner in zip(reversed(chain[:-1]), reversed(chain[1:])):
         new = _rewrap(wrapper, old_inner, new)
     return new
+
+
+def add_locations(fn: Callable) -> list[tuple[int, int, int, str]]:
+    """Where the rewritable additions of ``fn`` (its innermost function) are, numbered as `rewrite_function`
+    numbers them: ``[(loc, lineno, col, text)]`` sorted by ``loc``. ``lineno`` is the line in ``fn``'s file,
+    ``col`` the character column of the addition's first character in that line and ``text`` its source
+    (an ``x += y`` statement for `IADD`). Empty when ``fn`` has no source."""
+    raw = inspect.unwrap(fn)
+    try:
+        fdef = _parse(raw)
+        lines, first = inspect.getsourcelines(raw)
+    except (RewriteError, OSError, TypeError):
+        return []
+    dedented = textwrap.dedent("".join(lines))
+    indent = len(lines[0]) - len(dedented.splitlines(keepends=True)[0])
+    padded = "\n" * (first - 1) + dedented  # line numbers as in the file, columns as in the parsed source
+    _AddRewriter("self").visit(fdef)
+    out = []
+    for node in ast.walk(fdef):
+        # `a + b` / `torch.add` become located ADD calls; `x += b` becomes `x = IADD(...)` located at the statement.
+        call = node.value if isinstance(node, ast.Assign) else node
+        helper = IADD if isinstance(node, ast.Assign) else ADD
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == helper):
+            continue
+        if getattr(node, "lineno", None) is None:
+            continue
+        text = ast.get_source_segment(padded, node) or ""
+        line = padded.splitlines()[node.lineno - 1].encode()
+        col = indent + len(line[: node.col_offset].decode(errors="ignore"))
+        out.append((call.args[1].value, node.lineno, col, text))
+    return sorted(out)
