@@ -131,6 +131,11 @@ class SiteRuntime:
                     f"mhc_fx site {site.name!r}: history state {k} has shape {tuple(state.shape)} but the "
                     f"branch has {tuple(branch.shape)}"
                 )
+        # The original `a + b` promotes mixed dtypes (autocast: a float32 stream plus a bfloat16
+        # branch gives float32); the site reproduces exactly that promotion, nothing more.
+        dtype = torch.promote_types(a.dtype, b.dtype)
+        branch = branch.to(dtype)
+        window = [s.to(dtype) for s in window]
         if config.detach_history:
             window = [s.detach() for s in window[:-1]] + window[-1:]
         alpha = mixing_weights(site.holder._parameters[site.attr], config, training=training)
