@@ -49,8 +49,17 @@ class SiteParameters(nn.Module):
 
     def __init__(self, config: MHCConfig) -> None:
         super().__init__()
+        self.config = config
         self.register_buffer(RECORD, encode(config))
         self.register_load_state_dict_pre_hook(self._check)
+
+    def reset_parameters(self) -> None:
+        """Back to the init (exact identity for mhc): e.g. after ``to_empty()`` of a model
+        converted on the ``meta`` device."""
+        with torch.no_grad():
+            self.config_record.copy_(encode(self.config))
+            for p in self.parameters():
+                p.copy_(initial_logits(self.config, p.shape[-1]))
 
     @staticmethod
     def _check(module, state_dict, prefix, *args) -> None:
