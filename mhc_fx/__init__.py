@@ -11,6 +11,16 @@ Public names:
 
 from . import projections
 from .config import MHCConfig
+from .inspect import (
+    RewriteView,
+    WeightLogger,
+    gradient_flow,
+    history_contributions,
+    plot_contributions,
+    plot_gradient_flow,
+    plot_weights,
+    show_rewrite,
+)
 from .nn import MHCSequential, MHCSkip
 from .ops import mix
 from .transform import Report, convert, explain, from_pretrained, inject_mhc, is_converted, mixing_weights
@@ -26,13 +36,21 @@ __all__ = [
     "MHCSequential",
     "MHCSkip",
     "Report",
+    "RewriteView",
+    "WeightLogger",
     "__version__",
     "convert",
     "explain",
     "from_pretrained",
+    "gradient_flow",
+    "history_contributions",
     "inject_mhc",
     "is_converted",
     "mix",
     "mixing_weights",
+    "plot_contributions",
+    "plot_gradient_flow",
+    "plot_weights",
     "projections",
+    "show_rewrite",
 ]

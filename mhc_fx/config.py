@@ -53,6 +53,8 @@ class MHCConfig:
         detach_history: stop gradients at every history state except the latest.
         auto_project: older states of another shape reach the new shape through a
             learned projection instead of starting a new chain.
+        check_finite: raise (naming the site) when a mixing weight or a history state
+            is not finite; a debugging aid: it syncs with the device at every site.
     """
 
     mode: str = "mhc"
@@ -63,6 +65,7 @@ class MHCConfig:
     stochastic: bool = False
     detach_history: bool = False
     auto_project: bool = False
+    check_finite: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, str) or self.mode not in MODES:
@@ -79,7 +82,7 @@ class MHCConfig:
         temperature = _check_real("temperature", self.temperature)
         if temperature <= 0.0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-        for name in ("stochastic", "detach_history", "auto_project"):
+        for name in ("stochastic", "detach_history", "auto_project", "check_finite"):
             _check_bool(name, getattr(self, name))
         if self.stochastic and self.mode == "residual":
             raise ValueError("stochastic=True needs mode 'hc' or 'mhc'; mode 'residual' has no weights to sample")

@@ -38,6 +38,7 @@ def _entropy(alpha: torch.Tensor) -> float:
 def _axes(ax, figsize):
     """(figure, axes): ``ax`` and its figure, or a new pyplot-free Figure (matplotlib imported here)."""
     try:
+        import matplotlib  # noqa: F401  (first: a cached matplotlib.figure would hide a blocked matplotlib)
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError(f"mhc_fx plotting needs matplotlib, which is not installed: {PLOT_EXTRA}") from exc
@@ -115,8 +116,7 @@ class RewriteView:
     def __str__(self) -> str:
         return "\n".join(text for _, text in self.lines)
 
-    def __repr__(self) -> str:
-        return str(self)
+    __repr__ = __str__
 
     def _repr_html_(self) -> str:
         style = {"head": "font-weight:bold", "site": "color:#1a7f37", "skip": "color:#888", "code": ""}
@@ -133,26 +133,27 @@ def _after(spec, mode: str) -> str:
 
 
 def _group_adds(model: nn.Module, runtime) -> tuple[dict, list]:
-    """{forward's class: {"paths", "sites": {loc: [spec]}, "skipped": {loc: [(path, reason)]}}} and the
-    skipped additions that name no (module, location)."""
+    """{forward's class: {"paths", "sites": {loc: [spec]}, "skipped": {loc: [reason]}}} and the skipped
+    additions that name no (module, location)."""
+    modules = {path: (i, m) for i, (path, m) in enumerate(model.named_modules())}
     groups, unplaced = {}, []
 
     def entry(path: str) -> dict:
-        group = groups.setdefault(type(model.get_submodule(path)), {"paths": [], "sites": {}, "skipped": {}})
-        if path not in group["paths"]:
-            group["paths"].append(path)
+        group = groups.setdefault(type(modules[path][1]), {"paths": set(), "sites": {}, "skipped": {}})
+        group["paths"].add(path)
         return group
 
     for spec in runtime.sites.values():
-        path, loc, _ = spec.key
-        entry(path)["sites"].setdefault(loc, []).append(spec)
+        entry(spec.key[0])["sites"].setdefault(spec.key[1], []).append(spec)
     for skip in runtime.report.skipped:
         m = re.fullmatch(r"(.*) add#(\d+)(?: \(call \d+\))?", skip.where)
-        path = "" if m is None or m[1] == "(root)" else m[1]
-        try:
-            entry(path)["skipped"].setdefault(int(m[2]), []).append((path, skip.reason))
-        except (TypeError, AttributeError):  # no match, or the path names no module
+        path = m and ("" if m[1] == "(root)" else m[1])
+        if path not in modules:  # not of the form "<module path> add#<loc>"
             unplaced.append(skip)
+            continue
+        entry(path)["skipped"].setdefault(int(m[2]), []).append(skip.reason)
+    for group in groups.values():
+        group["paths"] = sorted(group["paths"], key=lambda p: modules[p][0])
     return groups, unplaced
 
 
@@ -179,7 +180,7 @@ def _forward_lines(cls: type, group: dict, mode: str) -> list[tuple[str, str]]:
             for spec in group["sites"].get(loc, []):
                 info = f"add#{loc} → {spec.name}  chain {spec.chain}, pos {spec.position}, K={spec.window}"
                 out.append(("site", f"{pad}{info}: {_after(spec, mode)}"))
-            for reason in dict.fromkeys(r for _, r in group["skipped"].get(loc, [])):
+            for reason in dict.fromkeys(group["skipped"].get(loc, [])):
                 out.append(("skip", f"{pad}add#{loc} not a site: {reason}"))
     if not source:  # no source to mark: list the sites
         for loc, specs in sorted(group["sites"].items()):
@@ -216,8 +217,7 @@ def show_rewrite(model) -> RewriteView:
 def _recording(runtime):
     """Within the block, record each site mix of ``runtime`` as ``(spec, window of states, output)``:
     ``_mix_site`` is wrapped on this runtime instance only (no hot-path hook), and restored after."""
-    records, saved = [], runtime.__dict__.get("_mix_site")
-    original = runtime._mix_site
+    records, saved, original = [], runtime.__dict__.get("_mix_site"), runtime._mix_site
 
     def mix_site(site, training, a, b):
         out = original(site, training, a, b)
@@ -228,9 +228,8 @@ def _recording(runtime):
     try:
         yield records
     finally:
-        if saved is None:
-            del runtime._mix_site
-        else:
+        runtime.__dict__.pop("_mix_site")
+        if saved is not None:
             runtime._mix_site = saved
 
 
@@ -248,7 +247,9 @@ def history_contributions(model, *args, **kwargs) -> dict[str, list[float]]:
         for m, mode in modes.items():
             m.training = mode
     return {
-        site.name: [float(torch.linalg.vector_norm(alphas[site.name][k].to(s.device) * s.float())) for k, s in enumerate(w)]
+        site.name: [
+            float(torch.linalg.vector_norm(alphas[site.name][k].to(s.device) * s.float())) for k, s in enumerate(w)
+        ]
         for site, w, _ in records
     }
 
@@ -275,18 +276,22 @@ def gradient_flow(model, *args, loss_fn=None, **kwargs) -> dict[str, dict]:
     specs = list(model.__dict__[RUNTIME].sites.values())
     if not args and not kwargs:
         grads = {s.name: s.holder._parameters[s.attr].grad if s.holder is not None else None for s in specs}
-        return {n: {"logits": None if g is None else float(g.norm()), "output": None, "states": None} for n, g in grads.items()}
+        return {
+            n: {"logits": None if g is None else float(g.norm()), "output": None, "states": None}
+            for n, g in grads.items()
+        }
     with _recording(model.__dict__[RUNTIME]) as records:
         loss = (loss_fn or _default_loss)(model(*args, **kwargs))
     params = [s.holder._parameters[s.attr] for s, _, _ in records if s.holder is not None]
-    outputs = [out for _, _, out in records]
-    grads = torch.autograd.grad(loss, params + outputs, allow_unused=True)
-    by_param = dict(zip(map(id, params), grads[: len(params)]))
+    params = [p for p in params if p.requires_grad]
+    outputs = [out for _, _, out in records if out.requires_grad]
+    grads = dict(zip(map(id, params + outputs), torch.autograd.grad(loss, params + outputs, allow_unused=True)))
     alphas, detach = mixing_weights(model), model.__dict__[RUNTIME].config.detach_history
     flow = {}
-    for (site, window, _), g in zip(records, grads[len(params) :]):
+    for site, _, out in records:
+        g = grads.get(id(out))
         norm = 0.0 if g is None else float(g.norm())
-        theta = by_param.get(id(site.holder._parameters[site.attr])) if site.holder is not None else None
+        theta = grads.get(id(site.holder._parameters[site.attr])) if site.holder is not None else None
         states = [float(a) * norm for a in alphas[site.name].tolist()]
         if detach:
             states = [0.0] * (len(states) - 1) + states[-1:]

@@ -75,7 +75,9 @@ def _resolve_method(method: str, k: int) -> str:
 def _project_scaled_simplex(theta: torch.Tensor, radius, method: str) -> torch.Tensor:
     method = _resolve_method(method, theta.shape[-1])
     support = (_support_pairwise if method == "pairwise" else _support_sorted)(theta, radius)
-    return _weights_on_support(theta, support, radius)
+    # A NaN or inf logit compares False everywhere and would leave an all-zero alpha;
+    # adding 0 * sum(theta) (exactly 0 for finite logits) makes it propagate instead.
+    return _weights_on_support(theta, support, radius) + 0.0 * theta.sum(-1, keepdim=True)
 
 
 def project_simplex(theta: torch.Tensor, *, method: str = "auto") -> torch.Tensor:

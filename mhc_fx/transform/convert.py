@@ -253,6 +253,7 @@ def convert(
     temperature: float = 1.0,
     detach_history: bool = False,
     auto_project: bool = False,
+    check_finite: bool = False,
     include: str | type | Iterable | None = None,
     exclude: str | type | Iterable | None = None,
     example_inputs=None,
@@ -272,6 +273,8 @@ def convert(
             detach_history: see `MHCConfig`.
         auto_project: not implemented in ``convert`` yet (raises if True): a chain
             restarts where the stream changes shape.
+        check_finite: raise ``FloatingPointError`` naming the site when a mixing weight
+            or history state is not finite (eager debugging aid; syncs at every site).
         include / exclude: module-path globs (``"transformer.h.*"``) or module
             classes; a site is converted when its owning module (or an ancestor) is
             included and not excluded.
@@ -290,6 +293,7 @@ def convert(
         stochastic=stochastic,
         detach_history=detach_history,
         auto_project=auto_project,
+        check_finite=check_finite,
     )
     if auto_project:
         raise NotImplementedError(

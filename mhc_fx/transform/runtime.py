@@ -139,7 +139,17 @@ class SiteRuntime:
         if config.detach_history:
             window = [s.detach() for s in window[:-1]] + window[-1:]
         alpha = mixing_weights(site.holder._parameters[site.attr], config, training=training)
+        if config.check_finite:
+            _check_finite(site.name, alpha, window)
         return mix(branch, window, alpha)
+
+
+def _check_finite(name: str, alpha: Tensor, window: list[Tensor]) -> None:
+    if not bool(torch.isfinite(alpha).all()):
+        raise FloatingPointError(f"mhc_fx site {name!r}: non-finite mixing weights {alpha.tolist()}")
+    for k, state in enumerate(window):
+        if not bool(torch.isfinite(state).all()):
+            raise FloatingPointError(f"mhc_fx site {name!r}: history state {k} (of {len(window)}) is not finite")
 
 
 def _is_tensor_like(x: Any) -> bool:

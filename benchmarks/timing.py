@@ -1,0 +1,78 @@
+"""Interleaved, repeated timing with the median reported.
+
+All candidates of one comparison are timed in the same process, one sample of
+each in turn (the order rotates every round), so slow drifts of the machine
+(other processes, frequency changes) hit every candidate alike. Nothing here
+compares a time with a threshold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Seconds per call: the median over rounds, plus the spread."""
+
+    median_s: float
+    min_s: float
+    max_s: float
+    rounds: int
+    calls_per_round: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def time_call(fn: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def calls_for(fn: Callable[[], object], min_sample_s: float) -> int:
+    """How many calls make one sample last at least ``min_sample_s`` (one call of ``fn`` is made)."""
+    once = max(time_call(fn), 1e-6)
+    return max(1, int(min_sample_s / once + 0.999))
+
+
+def interleaved(
+    candidates: Mapping[str, Callable[[], object]],
+    *,
+    rounds: int,
+    warmup: int = 1,
+    min_sample_s: float = 0.0,
+) -> dict[str, Timing]:
+    """Time every candidate ``rounds`` times, alternating between them.
+
+    Args:
+        candidates: name -> zero-argument callable (already compiled / warmed if needed).
+        rounds: samples per candidate; the median of them is reported.
+        warmup: untimed calls of each candidate before the first round.
+        min_sample_s: a sample repeats the call until it lasts at least this long
+            (the per-call time is the sample divided by the calls), for fast kernels.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    names = list(candidates)
+    for name in names:
+        for _ in range(warmup):
+            candidates[name]()
+    calls = {name: calls_for(candidates[name], min_sample_s) if min_sample_s > 0 else 1 for name in names}
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn, n = candidates[name], calls[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - start) / n)
+    return {
+        name: Timing(statistics.median(s), min(s), max(s), rounds, calls[name]) for name, s in samples.items()
+    }

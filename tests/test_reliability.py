@@ -1,0 +1,81 @@
+"""Export, finite checks, determinism of stochastic mixing, bad dtypes (issue 9 items)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mhc_fx
+from tests.models.gpt import GPT
+
+
+def _converted(**options):
+    torch.manual_seed(0)
+    model = mhc_fx.convert(GPT(layers=3, dim=32), **options)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("mhc."):
+                p.add_(torch.randn(p.shape, generator=gen))
+    return model
+
+
+def test_torch_export_of_a_converted_model_runs_and_matches_with_dynamic_shapes():
+    model = _converted().eval()
+    x = torch.randint(0, 64, (2, 16))
+    dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("length", max=64)},)
+    program = torch.export.export(model, (x,), dynamic_shapes=dims)
+    mixes = [n for n in program.graph.nodes if n.op == "call_function" and "mhc_fx.mix" in str(n.target)]
+    assert len(mixes) == 5  # 6 sites, the chain's first one is a plain add
+    for shape in [(2, 16), (3, 9), (5, 40)]:
+        x = torch.randint(0, 64, shape)
+        torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_check_finite_names_the_site():
+    model = _converted(check_finite=True)
+    x = torch.randint(0, 64, (2, 8))
+    model(x)  # finite: no error
+    with torch.no_grad():
+        model.get_parameter("mhc.blocks.1.site0").fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"site 'blocks.1.site0'.*non-finite mixing weights"):
+        model(x)
+    model = _converted(check_finite=True)
+    with torch.no_grad():
+        model.blocks[0].mlp.proj.bias.fill_(float("inf"))  # the stream turns non-finite after site 1
+    with pytest.raises(FloatingPointError, match=r"site 'blocks.1.site0'.*history state"):
+        model(x)
+
+
+def test_check_finite_is_off_by_default():
+    model = _converted()
+    with torch.no_grad():
+        model.get_parameter("mhc.blocks.1.site0").fill_(float("nan"))
+    assert torch.isnan(model(torch.randint(0, 64, (2, 8)))).any()
+
+
+def test_stochastic_is_reproducible_under_a_seed_and_deterministic_in_eval():
+    model = _converted(stochastic=True).train()
+    x = torch.randint(0, 64, (2, 8))
+    torch.manual_seed(11)
+    a = model(x)
+    torch.manual_seed(11)
+    b = model(x)
+    c = model(x)
+    assert torch.equal(a, b) and not torch.equal(b, c)
+    model.eval()
+    plain = _converted().eval()
+    assert torch.equal(model(x), model(x)) and torch.equal(model(x), plain(x))
+
+
+def test_mismatched_history_dtype_is_a_clear_error_not_a_cast():
+    with pytest.raises(TypeError, match=r"history\[0\] has dtype torch.float64"):
+        mhc_fx.mix(torch.randn(2, 3), [torch.randn(2, 3, dtype=torch.float64)], torch.ones(1))
+
+
+@pytest.mark.parametrize("method", ["sort", "pairwise"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_projections_propagate_non_finite_logits(method, bad):
+    theta = torch.tensor([0.3, bad, 0.1, 0.9])
+    assert torch.isnan(mhc_fx.projections.project_simplex(theta, method=method)).all()
+    assert torch.isnan(mhc_fx.projections.project_floored_simplex(theta, 0.1, method=method)).all()
