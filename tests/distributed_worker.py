@@ -1,0 +1,71 @@
+"""Worker for tests/test_distributed.py: trains a converted GPT in one of 2 gloo processes."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+import mhc_fx
+from tests.models.gpt import GPT
+
+STEPS = 5
+
+
+def build() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = mhc_fx.convert(GPT(layers=2, dim=16), mode="mhc")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # start away from the identity so the mixing weights really train
+        for name, p in model.named_parameters():
+            if name.startswith("mhc."):
+                p.add_(torch.randn(p.shape, generator=gen) * 0.5)
+    return model
+
+
+def batches():
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(STEPS):
+        yield torch.randint(0, 64, (4, 8), generator=gen), torch.randint(0, 64, (4, 8), generator=gen)
+
+
+def loss_of(model, x, y):
+    return torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+
+
+def train(model, rank: int | None, world: int) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for x, y in batches():
+        if rank is not None:  # each rank takes its slice of the global batch
+            per = x.shape[0] // world
+            x, y = x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per]
+        opt.zero_grad()
+        loss_of(model, x, y).backward()
+        opt.step()
+
+
+def main(kind: str, rank: int, world: int, init_file: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model = build()
+    if kind == "ddp":
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        train(wrapped, rank, world)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        train(model, rank, world)
+        state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+                 for k, v in model.state_dict().items()}
+    if rank == 0:
+        torch.save(state, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
