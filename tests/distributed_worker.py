@@ -59,8 +59,10 @@ def main(kind: str, rank: int, world: int, init_file: str, out: str) -> None:
             fully_shard(block)
         fully_shard(model)
         train(model, rank, world)
-        state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
-                 for k, v in model.state_dict().items()}
+        state = {
+            k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+            for k, v in model.state_dict().items()
+        }
     if rank == 0:
         torch.save(state, out)
     dist.barrier()

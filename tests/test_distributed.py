@@ -28,7 +28,11 @@ def test_two_process_training_equals_one_process(kind, tmp_path):
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.distributed_worker", kind, str(rank), "2", str(init_file), str(out)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for rank in range(2)
     ]
