@@ -79,3 +79,14 @@ def test_projections_propagate_non_finite_logits(method, bad):
     theta = torch.tensor([0.3, bad, 0.1, 0.9])
     assert torch.isnan(mhc_fx.projections.project_simplex(theta, method=method)).all()
     assert torch.isnan(mhc_fx.projections.project_floored_simplex(theta, 0.1, method=method)).all()
+
+
+def test_pickling_a_whole_converted_model_points_at_state_dict(tmp_path):
+    model = _converted()
+    with pytest.raises(TypeError, match="state_dict"):
+        torch.save(model, tmp_path / "whole.pt")
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    again = mhc_fx.convert(GPT(layers=3, dim=32))
+    again.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    x = torch.randint(0, 64, (2, 8))
+    assert torch.equal(again(x), model(x))
