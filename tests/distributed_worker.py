@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 
 import mhc_fx
+from tests.helpers import perturb_mixing
 from tests.models.gpt import GPT
 
 STEPS = 5
@@ -16,12 +17,7 @@ STEPS = 5
 def build() -> torch.nn.Module:
     torch.manual_seed(0)
     model = mhc_fx.convert(GPT(layers=2, dim=16), mode="mhc")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # start away from the identity so the mixing weights really train
-        for name, p in model.named_parameters():
-            if name.startswith("mhc."):
-                p.add_(torch.randn(p.shape, generator=gen) * 0.5)
-    return model
+    return perturb_mixing(model, scale=0.5, seed=1)  # away from the identity so the mixing trains
 
 
 def batches():

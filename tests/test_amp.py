@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import mhc_fx
+from tests.helpers import perturb_mixing
 from tests.models.gpt import GPT
 
 
@@ -26,11 +27,7 @@ def test_autocast_equals_the_original_at_init():
 
 def test_autocast_close_to_float32_with_trained_weights_eager_and_compiled():
     _, converted = _models()
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in converted.named_parameters():
-            if name.startswith("mhc."):
-                p.add_(torch.randn(p.shape, generator=gen))
+    perturb_mixing(converted, seed=3)
     x = torch.randint(0, 64, (2, 16))
     reference = converted(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -14,6 +14,7 @@ from torch._inductor.utils import fresh_cache, run_and_get_code
 
 import mhc_fx
 from mhc_fx.backend import config_patches
+from tests.helpers import perturb_mixing
 from tests.models.gpt import GPT
 
 LAYERS = 4
@@ -21,11 +22,7 @@ MIXING_SITES = 2 * LAYERS - 1  # the first site of the chain has a window of 1: 
 
 
 def perturb(model, scale=0.3, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("mhc."):
-                p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return perturb_mixing(model, scale, seed)
 
 
 def kernel_calls(code: str) -> list[str]:

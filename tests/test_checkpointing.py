@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import mhc_fx
+from tests.helpers import perturb_mixing
 
 
 class Block(nn.Module):
@@ -48,13 +49,7 @@ def _grads(model, x):
 
 def _perturbed(mode):
     torch.manual_seed(0)
-    model = mhc_fx.convert(Stack(mode=mode))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("mhc."):
-                p.add_(torch.randn(p.shape, generator=gen))
-    return model
+    return perturb_mixing(mhc_fx.convert(Stack(mode=mode)), seed=1)
 
 
 def test_non_reentrant_checkpoint_in_user_forward_gives_the_same_gradients():

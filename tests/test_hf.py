@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import mhc_fx
+from tests.helpers import perturb_mixing
 
 transformers = pytest.importorskip("transformers")
 from transformers import (  # noqa: E402
@@ -72,11 +73,7 @@ FACTORIES = {"gpt2": tiny_gpt2, "llama": tiny_llama}
 
 def perturb(model: torch.nn.Module, scale: float = 1.0, seed: int = 0) -> None:
     """Move every mixing logit off its init so that the sites really mix."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("mhc."):
-                p.add_(torch.randn(p.shape, generator=gen) * scale)
+    perturb_mixing(model, scale, seed)
 
 
 def tokens(batch: int = 2, length: int = 6, seed: int = 0) -> torch.Tensor:

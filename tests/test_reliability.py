@@ -6,18 +6,13 @@ import pytest
 import torch
 
 import mhc_fx
+from tests.helpers import perturb_mixing
 from tests.models.gpt import GPT
 
 
 def _converted(**options):
     torch.manual_seed(0)
-    model = mhc_fx.convert(GPT(layers=3, dim=32), **options)
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("mhc."):
-                p.add_(torch.randn(p.shape, generator=gen))
-    return model
+    return perturb_mixing(mhc_fx.convert(GPT(layers=3, dim=32), **options), seed=2)
 
 
 def test_torch_export_of_a_converted_model_runs_and_matches_with_dynamic_shapes():
