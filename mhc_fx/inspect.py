@@ -29,6 +29,10 @@ def _converted(model) -> nn.Module:
     return model
 
 
+def _norm(t: torch.Tensor | None) -> float | None:
+    return None if t is None else float(torch.linalg.vector_norm(t.detach().float()))
+
+
 def _entropy(alpha: torch.Tensor) -> float:
     """-Σ α log α in nats (0 log 0 = 0): 0 for a one-hot α, log K for a uniform one."""
     return float(torch.special.entr(alpha.detach().double()).sum())
@@ -36,16 +40,18 @@ def _entropy(alpha: torch.Tensor) -> float:
 
 # -- plotting helpers ------------------------------------------------------------------------------------------
 def _axes(ax, figsize):
-    """(figure, axes): ``ax`` and its figure, or a new pyplot-free Figure (matplotlib imported here)."""
+    """(figure, axes): ``ax`` and its figure, or a new figure that pyplot does not keep open (so a notebook
+    shows it once, as the cell's value, and loops do not pile figures up)."""
     try:
-        import matplotlib  # noqa: F401  (first: a cached matplotlib.figure would hide a blocked matplotlib)
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401  (first: a cached matplotlib.pyplot would hide a blocked matplotlib)
+        import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ImportError(f"mhc_fx plotting needs matplotlib, which is not installed: {PLOT_EXTRA}") from exc
     if ax is not None:
         return ax.figure, ax
-    fig = Figure(figsize=figsize, layout="constrained")
-    return fig, fig.add_subplot()
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    plt.close(fig)
+    return fig, ax
 
 
 def _heatmap(rows: dict[str, list[float]], ax, *, title: str, label: str, vmin=None, vmax=None):
@@ -87,8 +93,8 @@ def plot_contributions(contributions: dict[str, list[float]], ax=None):
 
 
 def plot_gradient_flow(flow: dict[str, dict], ax=None):
-    """Bars of ‖∂L/∂θ‖ per site (sites without logits are left out) from `gradient_flow`, with ‖∂L/∂y‖ per
-    site as dots where it was measured; log scale. Returns the Figure."""
+    """Bars of ‖∂L/∂θ‖ per site (0 without logits) from `gradient_flow`, with ‖∂L/∂y‖ per site as dots
+    where it was measured; log scale. Returns the Figure."""
     names = list(flow)
     fig, ax = _axes(ax, (1.5 + 0.45 * len(names), 3.5))
     logits = [flow[n]["logits"] or 0.0 for n in names]
@@ -182,9 +188,6 @@ def _forward_lines(cls: type, group: dict, mode: str) -> list[tuple[str, str]]:
                 out.append(("site", f"{pad}{info}: {_after(spec, mode)}"))
             for reason in dict.fromkeys(group["skipped"].get(loc, [])):
                 out.append(("skip", f"{pad}add#{loc} not a site: {reason}"))
-    if not source:  # no source to mark: list the sites
-        for loc, specs in sorted(group["sites"].items()):
-            out += [("site", f"      add#{loc} → {s.name}  chain {s.chain}, K={s.window}") for s in specs]
     return out
 
 
@@ -194,16 +197,10 @@ def show_rewrite(model) -> RewriteView:
     position, K and what it computes now), ``·`` one left as it is (with `explain`'s reason)."""
     model = _converted(model)
     runtime = model.__dict__[RUNTIME]
-    report = runtime.report
-    groups, unplaced = _group_adds(model, runtime)
-    lines = [
-        (
-            "head",
-            f"mhc_fx rewrite of {report.model}: {len(report.sites)} sites in {len(report.chains)} chains "
-            f"(mode={report.config.mode}, max_history={report.config.max_history}); "
-            "→ an addition that is now a site, · one left as it is",
-        )
-    ]
+    report, (groups, unplaced) = runtime.report, _group_adds(model, runtime)
+    c = report.config
+    title = f"mhc_fx rewrite of {report.model}: {len(report.sites)} sites in {len(report.chains)} chains"
+    lines = [("head", f"{title} (mode={c.mode}, max_history={c.max_history}); → now a site, · left as it is")]
     for cls, group in groups.items():
         lines += _forward_lines(cls, group, report.config.mode)
     if unplaced:
@@ -247,9 +244,7 @@ def history_contributions(model, *args, **kwargs) -> dict[str, list[float]]:
         for m, mode in modes.items():
             m.training = mode
     return {
-        site.name: [
-            float(torch.linalg.vector_norm(alphas[site.name][k].to(s.device) * s.float())) for k, s in enumerate(w)
-        ]
+        site.name: [_norm(alphas[site.name][k].to(s.device) * s.float()) for k, s in enumerate(w)]
         for site, w, _ in records
     }
 
@@ -275,11 +270,8 @@ def gradient_flow(model, *args, loss_fn=None, **kwargs) -> dict[str, dict]:
     model = _converted(model)
     specs = list(model.__dict__[RUNTIME].sites.values())
     if not args and not kwargs:
-        grads = {s.name: s.holder._parameters[s.attr].grad if s.holder is not None else None for s in specs}
-        return {
-            n: {"logits": None if g is None else float(g.norm()), "output": None, "states": None}
-            for n, g in grads.items()
-        }
+        grad = {s.name: s.holder._parameters[s.attr].grad if s.holder is not None else None for s in specs}
+        return {n: {"logits": _norm(g), "output": None, "states": None} for n, g in grad.items()}
     with _recording(model.__dict__[RUNTIME]) as records:
         loss = (loss_fn or _default_loss)(model(*args, **kwargs))
     params = [s.holder._parameters[s.attr] for s, _, _ in records if s.holder is not None]
@@ -289,13 +281,12 @@ def gradient_flow(model, *args, loss_fn=None, **kwargs) -> dict[str, dict]:
     alphas, detach = mixing_weights(model), model.__dict__[RUNTIME].config.detach_history
     flow = {}
     for site, _, out in records:
-        g = grads.get(id(out))
-        norm = 0.0 if g is None else float(g.norm())
+        norm = _norm(grads.get(id(out))) or 0.0
         theta = grads.get(id(site.holder._parameters[site.attr])) if site.holder is not None else None
         states = [float(a) * norm for a in alphas[site.name].tolist()]
         if detach:
             states = [0.0] * (len(states) - 1) + states[-1:]
-        flow[site.name] = {"logits": None if theta is None else float(theta.norm()), "output": norm, "states": states}
+        flow[site.name] = {"logits": _norm(theta), "output": norm, "states": states}
     return flow
 
 

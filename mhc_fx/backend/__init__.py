@@ -7,7 +7,27 @@ resolves in any process where the package is installed.
 
 from __future__ import annotations
 
-from .compiler import config_patches, decompositions, mhc_backend
+
+def mhc_backend(gm, example_inputs, **kwargs):
+    """``torch.compile(model, backend="mhc")``; see `mhc_fx.backend.compiler.mhc_backend`.
+    Inductor is imported on the first compile, not on ``import mhc_fx``."""
+    from .compiler import mhc_backend as compile_with_inductor
+
+    return compile_with_inductor(gm, example_inputs, **kwargs)
+
+
+def config_patches(*args, **kwargs):
+    """The Inductor config the backend compiles under (see `compiler.config_patches`)."""
+    from .compiler import config_patches as patches
+
+    return patches(*args, **kwargs)
+
+
+def decompositions():
+    """Inductor's decomposition table with ``mix`` decomposed (see `compiler.decompositions`)."""
+    from .compiler import decompositions as table
+
+    return table()
 
 BACKEND_NAME = "mhc"
 
