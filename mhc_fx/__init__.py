@@ -7,6 +7,9 @@ Public names:
     projections                    the math: simplex / floored simplex / softmax / Gumbel / Sinkhorn
     convert, explain               rewrite a model's residual adds into sites; report what was done
     mixing_weights, inject_mhc     the projected weights per site; seed-compatible scoped convert
+    from_pretrained, is_converted  reload a converted Hugging Face checkpoint; test for a converted model
+    plot_weights, show_rewrite,    inspection: alpha heat map, the rewrite before/after,
+    history_contributions, gradient_flow, WeightLogger (+ plot_*)   per-site contributions, gradients, alpha log
 """
 
 from . import projections
