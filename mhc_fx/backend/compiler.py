@@ -24,7 +24,11 @@ from .cache_key import MixCacheKey, PassChain
 #: Windows up to this size have their projection unrolled into the fused kernel.
 MAX_UNROLLED_WINDOW = 16
 
-_OUR_OPTIONS = ("unroll_window",)
+_OUR_OPTIONS = ("unroll_window", "inline_projection")
+
+#: With ``inline_projection``: Inductor's GPU limits on how much pointwise work it inlines
+#: into a consumer, raised so that a site's projection lands in its mixing kernel.
+_INLINE_LIMITS = {"realize_opcount_threshold": 1000, "realize_reads_threshold": 1000}
 
 
 def _validate_options(options: dict[str, Any] | None) -> tuple[dict[str, Any], int]:
@@ -36,6 +40,11 @@ def _validate_options(options: dict[str, Any] | None) -> tuple[dict[str, Any], i
     window = options.pop("unroll_window", MAX_UNROLLED_WINDOW)
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"options['unroll_window'] must be an int >= 1, got {window!r}")
+    inline = options.pop("inline_projection", False)
+    if not isinstance(inline, bool):
+        raise ValueError(f"options['inline_projection'] must be a bool, got {inline!r}")
+    if inline:
+        options = {**_INLINE_LIMITS, **options}
     known = set(inductor_config._config.keys()) if hasattr(inductor_config, "_config") else None
     for key in options:
         if known is not None and key not in known:
@@ -82,7 +91,10 @@ def mhc_backend(
 
     ``mode`` is one of Inductor's modes (``"default"``, ``"reduce-overhead"``,
     ``"max-autotune"``, ...); ``options`` are Inductor config options plus
-    ``unroll_window`` (the largest window whose projection is unrolled, default 16).
+    ``unroll_window`` (the largest window whose projection is unrolled, default 16) and
+    ``inline_projection`` (experimental, default False: on GPU, raise Inductor's inlining
+    limits so each site's projection is computed inside its mixing kernel instead of 1-2
+    small kernels; a global setting whose effect on the rest of the model is unmeasured).
     It never creates parameters and never changes numerics.
     """
     if mode == "default":
