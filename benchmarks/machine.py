@@ -21,6 +21,23 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def last_level_cache_bytes(default: int = 32 * 2**20) -> int:
+    """Size of the largest CPU cache (sysfs), or ``default`` where it cannot be read."""
+    sizes = []
+    for index in range(8):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size") as f:
+                text = f.read().strip()
+        except OSError:
+            break
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        try:
+            sizes.append(int(text.rstrip("KMG")) * scale)
+        except ValueError:
+            continue
+    return max(sizes, default=default)
+
+
 def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages, where the OS reports them."""
     try:
@@ -35,6 +52,7 @@ def describe() -> dict:
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "last_level_cache_mb": last_level_cache_bytes() / 2**20,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),

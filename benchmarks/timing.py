@@ -2,8 +2,10 @@
 
 All candidates of one comparison are timed in the same process, one sample of
 each in turn (the order rotates every round), so slow drifts of the machine
-(other processes, frequency changes) hit every candidate alike. Nothing here
-compares a time with a threshold.
+(other processes, frequency changes) hit every candidate alike. Before the
+first round it waits (within the run's budget) for other processes to quiet
+down, and it records the share of the CPUs they used during the rounds. Nothing
+here compares a time with a threshold.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Mapping
+
+from .contention import QUIET, OtherShare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +27,8 @@ class Timing:
     max_s: float
     rounds: int
     calls_per_round: int
+    #: fraction of all CPU time that other processes used during the rounds (None: unknown)
+    other_cpu_share: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -65,14 +71,17 @@ def interleaved(
             candidates[name]()
     calls = {name: calls_for(candidates[name], min_sample_s) if min_sample_s > 0 else 1 for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            fn, n = candidates[name], calls[name]
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[name].append((time.perf_counter() - start) / n)
+    QUIET.wait()
+    with OtherShare() as other:
+        for r in range(rounds):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                fn, n = candidates[name], calls[name]
+                start = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                samples[name].append((time.perf_counter() - start) / n)
     return {
-        name: Timing(statistics.median(s), min(s), max(s), rounds, calls[name]) for name, s in samples.items()
+        name: Timing(statistics.median(s), min(s), max(s), rounds, calls[name], other.share)
+        for name, s in samples.items()
     }

@@ -29,6 +29,7 @@ def decompositions():
 
     return table()
 
+
 BACKEND_NAME = "mhc"
 
 
