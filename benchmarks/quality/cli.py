@@ -77,6 +77,15 @@ def _profile(args) -> Profile:
     return dataclasses.replace(profile, **overrides)
 
 
+CURVES = ("val_curve", "train_loss", "grad_norm", "alphas")
+
+
+def _write_summary(results: dict, out: Path) -> None:
+    """summary.json: results.json without the per-step curves and the alphas (small enough to commit)."""
+    runs = [{k: v for k, v in r.items() if k not in CURVES} for r in results["runs"]]
+    (out / "summary.json").write_text(json.dumps({**results, "runs": runs}, indent=1))
+
+
 def report(results: dict, out: Path) -> None:
     """results.md and the plots, from a results dict (fresh or read back from results.json)."""
     fields = {f.name for f in dataclasses.fields(Profile)}
@@ -113,7 +122,12 @@ def _resumed(path: Path, profile: Profile) -> tuple[list[dict], list[dict]]:
         raise SystemExit(f"--resume {path}: its profile differs from this one; refusing to mix them")
     kept = [r for r in earlier["runs"] if not r.get("skipped")]
     parts = earlier["meta"].get("parts") or [
-        {"command": earlier["meta"]["command"], "runtime_s": earlier["meta"]["runtime_s"], "runs": len(kept)}
+        {
+            "command": earlier["meta"]["command"],
+            "date_utc": earlier["meta"]["machine"]["date_utc"],
+            "runtime_s": earlier["meta"]["runtime_s"],
+            "runs": len(kept),
+        }
     ]
     runner.log(f"resuming {path}: {len(kept)} finished runs kept")
     return kept, parts
@@ -124,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.replot:
         results = json.loads(args.replot.read_text())
         args.out.mkdir(parents=True, exist_ok=True)
+        _write_summary(results, args.out)
         report(results, args.out)
         return 0
     profile = _profile(args)
@@ -167,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": sorted(records, key=lambda r: (r["depth"], r["variant"], r["lr"], r["seed"])),
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    _write_summary(results, args.out)
     runner.log(f"wrote {args.out / 'results.json'} ({len(records)} runs, {results['meta']['runtime_s']:.0f} s)")
     report(results, args.out)
     return 0

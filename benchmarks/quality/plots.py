@@ -13,6 +13,23 @@ COLORS = {"residual": "k", "hc": "tab:orange", "mhc": "tab:blue", "mhc-id": "tab
 DPI = 80
 
 
+def _save(fig, path: Path) -> None:
+    """PNG at a low dpi, reduced to a 256-colour palette (a few tens of kB: small enough to commit)."""
+    fig.savefig(path, dpi=DPI)
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(256)
+    small.save(path, optimize=True)
+
+
+def _label(profile: Profile, variant: str) -> str:
+    seeds = len(profile.seeds_for(variant))
+    return variant if seeds == len(profile.seeds) else f"{variant} ({seeds} seed{'s' * (seeds > 1)})"
+
+
 def _smooth(values: list, width: int) -> np.ndarray:
     x = np.array([np.nan if v is None else v for v in values], dtype=float)
     if width <= 1 or len(x) < width:
@@ -54,7 +71,7 @@ def loss_curves(profile: Profile, records: list[dict], depth: int, path: Path) -
             if ok:
                 stack = np.vstack(ok)
                 steps = np.arange(stack.shape[1]) + width
-                ax.plot(steps, stack.mean(0), color=color, lw=1.3, label=variant)
+                ax.plot(steps, stack.mean(0), color=color, lw=1.3, label=_label(profile, variant))
                 ax.fill_between(steps, stack.min(0), stack.max(0), color=color, alpha=0.12, lw=0)
                 low, high = min(low, np.nanmin(stack)), max(high, np.nanmax(stack[:, stack.shape[1] // 5 :]))
             for r in runs:
@@ -77,7 +94,7 @@ def loss_curves(profile: Profile, records: list[dict], depth: int, path: Path) -
     axes[1][0].set_ylabel("minus residual (same seed)")
     if axes[0][-1].get_legend_handles_labels()[0]:
         axes[0][-1].legend(fontsize=7)
-    fig.savefig(path, dpi=DPI)
+    _save(fig, path)
 
 
 def val_vs_depth(profile: Profile, summary: list[dict], path: Path) -> None:
@@ -90,6 +107,7 @@ def val_vs_depth(profile: Profile, summary: list[dict], path: Path) -> None:
         for off, variant in zip(offsets, profile.variants):
             rows = [r for r in summary if r["variant"] == variant and r["lr"] == lr and r["val_loss_mean"] is not None]
             xs = [np.log2(r["depth"]) + off for r in rows]
+            seeds = len(profile.seeds_for(variant))
             ax.errorbar(
                 xs,
                 [r["val_loss_mean"] for r in rows],
@@ -99,7 +117,8 @@ def val_vs_depth(profile: Profile, summary: list[dict], path: Path) -> None:
                 ms=3,
                 capsize=2,
                 lw=1,
-                label=variant,
+                ls="-" if seeds == len(profile.seeds) else ":",
+                label=_label(profile, variant),
             )
         ax.set_xticks([np.log2(d) for d in profile.depths], [str(d) for d in profile.depths])
         ax.set_xlabel("depth (layers)")
@@ -107,7 +126,7 @@ def val_vs_depth(profile: Profile, summary: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"validation loss at {profile.steps} steps")
     axes[-1].legend(fontsize=7)
-    fig.savefig(path, dpi=DPI)
+    _save(fig, path)
 
 
 def _mean_alphas(runs: list[dict], width: int) -> tuple[np.ndarray, list[str]] | None:
@@ -145,7 +164,7 @@ def alpha_maps(profile: Profile, records: list[dict], depth: int, path: Path) ->
                 continue
             grid, sites = found
             eff = np.nanmean([np.nansum(row * np.arange(width - 1, -1, -1)) for row in grid])
-            ax.set_title(f"{variant}, lr {lr:g}, eff. depth {eff:.2f}", fontsize=8)
+            ax.set_title(f"{variant}, lr {lr:g}\neff. depth {eff:.2f}", fontsize=8)
             image = ax.imshow(
                 np.ma.masked_invalid(grid), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
             )
@@ -156,7 +175,7 @@ def alpha_maps(profile: Profile, records: list[dict], depth: int, path: Path) ->
     fig.suptitle(
         f"depth {depth}: learned mixing weights per site (rows: sites in order; t = latest stream)", fontsize=9
     )
-    fig.savefig(path, dpi=DPI)
+    _save(fig, path)
 
 
 def draw(profile: Profile, records: list[dict], summary: list[dict], out: Path) -> list[str] | str:

@@ -66,7 +66,9 @@ def _describe(record: dict) -> str:
     head = f"depth {record['depth']:>3} {record['variant']:<9} lr {record['lr']:<7g} seed {record['seed']}"
     if record.get("skipped"):
         return f"{head}: ERROR {record.get('error', '').strip().splitlines()[-1]}"
-    val = "diverged" if record["diverged"] else f"val {record['final_val_loss']:.3f}"
+    if record["diverged"]:
+        return f"{head}: DIVERGED ({record['divergence']}), {record['step_time_s'] * 1e3:.0f} ms/step"
+    val = f"val {record['final_val_loss']:.3f}"
     return f"{head}: {val}, eff.depth {record['effective_depth']:.2f}, {record['step_time_s'] * 1e3:.0f} ms/step"
 
 

@@ -80,7 +80,7 @@ def markdown(profile: Profile, summary: list[dict], paired: list[dict], meta: di
     out = [
         f"# mhc_fx training-quality study ({profile.name})",
         "",
-        f"`{meta['command']}` — {meta['machine']['date_utc']}, {meta['machine']['cpu']}, "
+        f"`{meta['command']}` — {(meta.get('parts') or [meta['machine']])[0]['date_utc']}, {meta['machine']['cpu']}, "
         f"{meta['workers']} worker process(es) x 1 thread, {meta['execution']}, runtime {meta['runtime_s']:.0f} s.",
         *_parts(meta),
         "",

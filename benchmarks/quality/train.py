@@ -96,7 +96,11 @@ def run(profile: Profile, depth: int, variant: str, lr: float, seed: int, train_
     final_val = val_curve[-1][1] if failure is None else float("nan")
     if failure is None and not final_val < initial_val:
         failure = f"final validation loss {final_val:.3f} not below its initial value {initial_val:.3f}"
-    alphas = {site: [round(a, 5) for a in alpha.tolist()] for site, alpha in mhc_fx.mixing_weights(model).items()}
+    alphas = {
+        site: [metrics.finite_or_none(round(a, 5)) for a in alpha.tolist()]
+        for site, alpha in mhc_fx.mixing_weights(model).items()
+    }
+    finite_alphas = all(a is not None for alpha in alphas.values() for a in alpha)
     timed = seconds[5:] or seconds
     return {
         "depth": depth,
@@ -111,8 +115,8 @@ def run(profile: Profile, depth: int, variant: str, lr: float, seed: int, train_
         "final_val_loss_raw": metrics.finite_or_none(final_val),
         "final_train_loss": metrics.finite_or_none(statistics.fmean(train_loss[-profile.noise_window :])),
         "grad_noise": metrics.gradient_noise(grad_norm, profile.noise_window),
-        "effective_depth": metrics.effective_depth(alphas),
-        "mixing_fraction": metrics.mixing_fraction(alphas),
+        "effective_depth": metrics.effective_depth(alphas) if finite_alphas else None,
+        "mixing_fraction": metrics.mixing_fraction(alphas) if finite_alphas else None,
         "step_time_s": statistics.median(timed),
         "val_curve": [[s, metrics.finite_or_none(v)] for s, v in val_curve],
         "train_loss": [metrics.finite_or_none(round(v, 5)) for v in train_loss],
