@@ -13,7 +13,9 @@ the logits (``mixing_weights`` of an ``mhc`` config) in the timed function.
     mhc_pkg_inductor      MHCSkip under default Inductor
 
 Bytes that must move: (K + 2) tensors (K states and the branch read, the result
-written once); the write-allocate variant adds one more write.
+written once); the write-allocate variant adds one more write. The fraction of
+the limit divides by the streaming bandwidth (`bandwidth.Stream`) measured in
+the same interleaved rounds as the variants.
 
 Every call reads the next of several input sets, enough of them to hold four
 times the last-level cache, so each call streams its inputs from memory as the
@@ -33,6 +35,7 @@ from mhc_fx.ops import mix_reference
 from mhc_fx.projections import mixing_weights
 
 from . import machine, peers
+from .bandwidth import Stream
 from .progress import log
 from .timing import interleaved
 
@@ -115,12 +118,11 @@ def candidates(sets, variants) -> tuple[dict, dict]:
     return fns, skipped
 
 
-def measure_site(shape, dtype, k, variants, *, rounds, min_sample_s, limit) -> list[dict]:
+def measure_site(shape, dtype, k, variants, *, rounds, min_sample_s, stream: Stream) -> list[dict]:
     """Rows for one (dtype, K): time, bytes, GB/s and fraction of the limit per variant."""
     torch._dynamo.reset()
     sets = input_sets(shape, dtype, k)
-    branch = sets[0][0]
-    tensor_bytes = branch.numel() * branch.element_size()
+    tensor_bytes = sets[0][0].numel() * sets[0][0].element_size()
     rows = []
     with torch.no_grad():
         fns, skipped = candidates(sets, variants)
@@ -128,7 +130,8 @@ def measure_site(shape, dtype, k, variants, *, rounds, min_sample_s, limit) -> l
         expected = [site(*s).float() for s in sets]
         # Each rotating callable starts at set 0, so its i-th call here reads set i.
         diffs = {name: max((fn().float() - e).abs().max().item() for e in expected) for name, fn in fns.items()}
-        timings = interleaved(fns, rounds=rounds, warmup=1, min_sample_s=min_sample_s)
+        timings = interleaved({**fns, **stream.fns}, rounds=rounds, warmup=1, min_sample_s=min_sample_s)
+    limit = stream.summarize(timings)
     for name in variants:
         row = {"dtype": str(dtype).removeprefix("torch."), "K": k, "variant": name, "label": LABELS[name]}
         if name in skipped:
@@ -144,6 +147,7 @@ def measure_site(shape, dtype, k, variants, *, rounds, min_sample_s, limit) -> l
                 "time_s": t,
                 "bytes": moved,
                 "gb_s": gb_s,
+                "limit_gb_s": limit["limit_gb_s"],
                 "fraction_of_limit": gb_s / limit["limit_gb_s"],
                 "fraction_of_limit_write_allocate": gb_s_wa / limit["limit_gb_s_write_allocate"],
                 "max_abs_diff_vs_ours_eager": diffs[name],
@@ -154,10 +158,16 @@ def measure_site(shape, dtype, k, variants, *, rounds, min_sample_s, limit) -> l
     return rows
 
 
-def measure(shape, dtypes, ks, variants, *, rounds, min_sample_s, limit) -> dict:
-    """Section 2: every (dtype, K) group, each timed interleaved."""
+def measure(shape, dtypes, ks, variants, *, rounds, min_sample_s, stream_mb) -> dict:
+    """Section 2: every (dtype, K) group, each timed interleaved with the streaming kernels."""
+    stream = Stream(stream_mb)
     rows = []
     for dtype in dtypes:
         for k in ks:
-            rows += measure_site(shape, dtype, k, variants, rounds=rounds, min_sample_s=min_sample_s, limit=limit)
-    return {"shape": list(shape), "bytes_counting": "(K + 2) * tensor bytes; write-allocate adds 1", "rows": rows}
+            rows += measure_site(shape, dtype, k, variants, rounds=rounds, min_sample_s=min_sample_s, stream=stream)
+    return {
+        "shape": list(shape),
+        "bytes_counting": "(K + 2) * tensor bytes; write-allocate adds 1",
+        "limit": f"streaming bandwidth of {stream_mb:g} MB vectors, timed in the same rounds as each group",
+        "rows": rows,
+    }

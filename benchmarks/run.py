@@ -57,7 +57,7 @@ def run(profile: Profile) -> dict:
     results["bandwidth"] = limit
     log(f"limit {limit['limit_gb_s']:.1f} GB/s ({limit['limit_kernel']})")
     log("2/4 mixing")
-    mix_options = dict(rounds=profile.mix_rounds, min_sample_s=profile.mix_min_sample_s, limit=limit)
+    mix_options = dict(rounds=profile.mix_rounds, min_sample_s=profile.mix_min_sample_s, stream_mb=profile.bandwidth_mb)
     results["mixing"] = mixing.measure(
         profile.mix_shape, profile.mix_dtypes, profile.mix_ks, profile.mix_variants, **mix_options
     )

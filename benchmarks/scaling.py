@@ -16,6 +16,7 @@ import torch
 import mhc_fx
 
 from . import mixing, models
+from .bandwidth import Stream
 from .progress import log
 from .timing import interleaved, time_call
 
@@ -66,11 +67,12 @@ def compile_time(sizes: list[models.GPTSize], *, history: int, rounds: int) -> l
     return rows
 
 
-def mixing_vs_k(section2: dict, shape, extra_ks, variants, *, rounds, min_sample_s, limit) -> list[dict]:
+def mixing_vs_k(section2: dict, shape, extra_ks, variants, *, rounds, min_sample_s, stream_mb) -> list[dict]:
     """float32 mixing cost per K: section 2's rows for ``variants`` plus new ones at ``extra_ks``."""
     rows = [r for r in section2["rows"] if r["dtype"] == "float32" and r["variant"] in variants]
+    stream = Stream(stream_mb)
     for k in extra_ks:
         rows += mixing.measure_site(
-            shape, torch.float32, k, variants, rounds=rounds, min_sample_s=min_sample_s, limit=limit
+            shape, torch.float32, k, variants, rounds=rounds, min_sample_s=min_sample_s, stream=stream
         )
     return sorted(rows, key=lambda r: (r["variant"], r["K"]))

@@ -5,12 +5,15 @@ each in turn (the order rotates every round), so slow drifts of the machine
 (other processes, frequency changes) hit every candidate alike. Before the
 first round it waits (within the run's budget) for other processes to quiet
 down, and it records the share of the CPUs they used during the rounds. Nothing
-here compares a time with a threshold.
+here compares a time with a threshold. As in ``timeit``, Python's cyclic
+garbage collector is off while a sample runs (collected before the rounds), so
+a collection of an earlier candidate's garbage is not charged to another.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -71,17 +74,28 @@ def interleaved(
             candidates[name]()
     calls = {name: calls_for(candidates[name], min_sample_s) if min_sample_s > 0 else 1 for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
+    gc.collect()
     QUIET.wait()
     with OtherShare() as other:
         for r in range(rounds):
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:
-                fn, n = candidates[name], calls[name]
-                start = time.perf_counter()
-                for _ in range(n):
-                    fn()
-                samples[name].append((time.perf_counter() - start) / n)
+                samples[name].append(_sample(candidates[name], calls[name]))
     return {
         name: Timing(statistics.median(s), min(s), max(s), rounds, calls[name], other.share)
         for name, s in samples.items()
     }
+
+
+def _sample(fn: Callable[[], object], calls: int) -> float:
+    """Seconds per call over ``calls`` calls, with the garbage collector off."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - start) / calls
+    finally:
+        if enabled:
+            gc.enable()

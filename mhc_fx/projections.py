@@ -146,10 +146,7 @@ def gumbel_softmax(
     dtype = _compute_dtype(probs)
     p = probs.to(dtype)
     tiny = torch.finfo(dtype).tiny
-    if generator is None:
-        gumbel = gumbel_noise(p)
-    else:
-        gumbel = gumbel_from_uniform(torch.rand(p.shape, generator=generator, device=p.device, dtype=dtype))
+    gumbel = _gumbel_like(p, generator)
     # Exact zeros get log = -inf (so they stay exactly zero at any temperature);
     # clamp_min keeps the unused log branch finite, so they get no (NaN) gradient.
     log_p = torch.where(p > 0, torch.log(p.clamp_min(tiny)), float("-inf"))
@@ -157,6 +154,14 @@ def gumbel_softmax(
     if floor is not None:
         sample = project_floored_simplex(sample, floor)
     return sample.to(probs.dtype)
+
+
+def _gumbel_like(t: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard Gumbel noise shaped like ``t``: from ``generator``, or from the global RNG
+    through the opaque ``gumbel_noise`` op (so eager and compiled draw the same samples)."""
+    if generator is None:
+        return gumbel_noise(t)
+    return gumbel_from_uniform(torch.rand(t.shape, generator=generator, device=t.device, dtype=t.dtype))
 
 
 def sinkhorn(
@@ -217,7 +222,12 @@ def mixing_weights(
     """alpha = P(theta) for a site configured by ``config`` (DESIGN §1 table).
 
     ``residual`` gives ``e_last`` whatever theta is. ``stochastic`` draws a
-    Gumbel-softmax sample around P(theta) in training only; eval returns P(theta).
+    sample in training only; eval returns P(theta). For ``hc`` the sample is the
+    Gumbel-softmax around softmax(theta / T). For ``mhc`` the noise perturbs the scaled
+    logits before the projection (perturb-and-project): alpha = P(theta / T + g), exactly
+    on the constraint set, sparse, and with a gradient at the identity init. (A
+    Gumbel-softmax around the sparse P(theta) would keep its exact zeros and saturate its
+    one non-zero weight at the identity init: a zero gradient, so nothing would ever learn.)
     """
     if config.mode == "residual":
         alpha = torch.zeros_like(theta)
@@ -230,12 +240,15 @@ def mixing_weights(
         # then to theta's dtype, so that logits made by `initial_logits` and cast to any
         # float dtype (a model's `.double()`, `.bfloat16()`) give theta / T == e_last
         # exactly: the exact identity with a live gradient (DESIGN §1).
-        temperature = torch.tensor(config.temperature, dtype=torch.float32)
-        scaled = theta / temperature.to(device=theta.device, dtype=theta.dtype)
+        # Made on theta's device: a CPU tensor copied over would be a blocking host-to-device
+        # copy per site and call, and would make the site uncapturable in a CUDA graph.
+        temperature = torch.full((), config.temperature, dtype=torch.float32, device=theta.device)
+        scaled = theta / temperature.to(theta.dtype)
+        if config.stochastic and training:
+            scaled = scaled + _gumbel_like(scaled.to(_compute_dtype(scaled)), generator).to(scaled.dtype)
         if config.floor is not None:
-            alpha = project_floored_simplex(scaled, config.floor)
-        else:
-            alpha = project_simplex(scaled)
+            return project_floored_simplex(scaled, config.floor)
+        return project_simplex(scaled)
     if config.stochastic and training:
-        alpha = gumbel_softmax(alpha, temperature=config.temperature, generator=generator, floor=config.floor)
+        alpha = gumbel_softmax(alpha, temperature=config.temperature, generator=generator)
     return alpha

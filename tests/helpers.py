@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def perturb_mixing(model: nn.Module, scale: float = 1.0, seed: int = 0) -> nn.Module:
@@ -12,5 +13,20 @@ def perturb_mixing(model: nn.Module, scale: float = 1.0, seed: int = 0) -> nn.Mo
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.startswith("mhc."):
-                p.add_(torch.randn(p.shape, generator=gen) * scale)
+                p.add_(torch.randn(p.shape, generator=gen).to(p.device) * scale)
     return model
+
+
+class NonMetaOutputs(TorchDispatchMode):
+    """Records every aten op that returns a tensor off the ``meta`` device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        leaves = torch.utils._pytree.tree_leaves(out)
+        if any(isinstance(t, torch.Tensor) and t.device.type != "meta" for t in leaves):
+            self.ops.append(str(func))
+        return out

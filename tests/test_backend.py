@@ -215,6 +215,19 @@ def test_backend_options_validated():
     assert config_patches(mode="max-autotune")["max_autotune"] is True
 
 
+def test_inline_projection_is_on_for_gpu_graphs_by_default():
+    def inlined(patches):
+        return patches.get("realize_opcount_threshold") == 1000 and patches.get("realize_reads_threshold") == 1000
+
+    assert not inlined(config_patches())  # CPU: Inductor's CPU limits already inline the projection
+    assert inlined(config_patches(device_type="cuda"))
+    assert inlined(config_patches(options={"inline_projection": True}))
+    assert not inlined(config_patches(options={"inline_projection": False}, device_type="cuda"))
+    assert inlined(config_patches(options={"inline_projection": "auto"}, device_type="xpu"))
+    with pytest.raises(ValueError, match=r"options\['inline_projection'\] must be True, False or 'auto', got 1"):
+        config_patches(options={"inline_projection": 1})
+
+
 def test_mode_and_options_reach_the_backend(gpt_pair):
     _, converted = gpt_pair
     x = tokens()

@@ -19,6 +19,8 @@ from hypothesis.extra import numpy as hnp
 
 from mhc_fx import projections as P
 from mhc_fx.config import HC_INIT_GAP, MHCConfig
+from mhc_fx.ops import gumbel_from_uniform
+from tests.helpers import NonMetaOutputs
 
 F64 = torch.float64
 METHODS = ("sort", "pairwise")
@@ -608,6 +610,47 @@ def test_mixing_weights_stochastic_only_in_training(mode, constraint):
     torch.testing.assert_close(sampled.sum(), torch.tensor(1.0), atol=1e-6, rtol=0)
     if constraint == "identity" and mode == "mhc":
         assert sampled[-1] >= 0.2 - 1e-6
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(mode="residual"), dict(mode="hc"), dict(), dict(constraint="identity"), dict(stochastic=True)],
+    ids=["residual", "hc", "mhc", "identity", "stochastic"],
+)
+def test_mixing_weights_creates_no_tensor_on_another_device(options):
+    # regression: a CPU temperature tensor copied to the device each call (blocking on CUDA,
+    # and uncapturable in a CUDA graph). Every intermediate must live on theta's device.
+    cfg = MHCConfig(**options)
+    theta = torch.zeros(4, device="meta", requires_grad=True)
+    with NonMetaOutputs() as recorder:
+        alpha = P.mixing_weights(theta, cfg, training=True)
+        if alpha.requires_grad:
+            alpha.sum().backward()
+    assert alpha.device.type == "meta" and recorder.ops == []
+
+
+@pytest.mark.parametrize("constraint", ["simplex", "identity"])
+def test_stochastic_mhc_is_perturb_and_project(constraint):
+    cfg = MHCConfig(mode="mhc", constraint=constraint, epsilon=0.2, temperature=0.5, stochastic=True)
+    theta = torch.tensor([0.6, 0.2, 0.9, 1.0], dtype=F64)
+    noise = gumbel_from_uniform(torch.rand(4, generator=_gen(3), dtype=F64))
+    scaled = theta / 0.5 + noise
+    expected = P.project_simplex(scaled) if constraint == "simplex" else P.project_floored_simplex(scaled, 0.2)
+    assert torch.equal(P.mixing_weights(theta, cfg, training=True, generator=_gen(3)), expected)
+
+
+@pytest.mark.parametrize("constraint", ["simplex", "identity"])
+def test_stochastic_mhc_learns_from_the_identity_init(constraint):
+    # regression: a Gumbel-softmax around the sparse e_last gave exactly zero gradient
+    cfg = MHCConfig(mode="mhc", constraint=constraint, stochastic=True)
+    theta = P.initial_logits(cfg, 4).requires_grad_()
+    grads = []
+    for seed in range(8):
+        alpha = P.mixing_weights(theta, cfg, training=True, generator=_gen(seed))
+        assert (alpha >= 0).all() and abs(alpha.sum().item() - 1) < 1e-6
+        (grad,) = torch.autograd.grad((alpha * torch.arange(4.0)).sum(), theta)
+        grads.append(grad)
+    assert any(g.abs().sum() > 0 for g in grads)
 
 
 @pytest.mark.parametrize("mode", ["mhc", "residual"])

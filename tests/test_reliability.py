@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mhc_fx
-from tests.helpers import perturb_mixing
+from tests.helpers import NonMetaOutputs, perturb_mixing
 from tests.models.gpt import GPT
 
 
@@ -61,6 +61,27 @@ def test_stochastic_is_reproducible_under_a_seed_and_deterministic_in_eval():
     model.eval()
     plain = _converted().eval()
     assert torch.equal(model(x), model(x)) and torch.equal(model(x), plain(x))
+
+
+@pytest.mark.parametrize("mode", ["mhc", "hc"])
+def test_stochastic_model_mixing_logits_get_gradient_at_init(mode):
+    # regression: stochastic mhc at the identity init had exactly zero mixing gradients
+    torch.manual_seed(0)
+    model = mhc_fx.convert(GPT(layers=2, dim=32), mode=mode, stochastic=True).train()
+    for seed in range(6):  # one sample may leave a site at a vertex (locally constant); several do not
+        torch.manual_seed(seed)
+        model(torch.randint(0, 64, (2, 8))).logsumexp(-1).mean().backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if name.startswith("mhc.")}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values()), grads
+
+
+@pytest.mark.parametrize("options", [dict(mode="hc"), dict(), dict(stochastic=True)], ids=["hc", "mhc", "stochastic"])
+def test_converted_model_keeps_every_tensor_on_the_model_device(options):
+    # no host tensor copied to the device per site and call (blocking on a GPU; breaks CUDA graphs)
+    model = mhc_fx.convert(GPT(layers=2, dim=32), **options).to("meta").train()
+    with NonMetaOutputs() as recorder:
+        model(torch.zeros(2, 8, dtype=torch.long, device="meta")).sum().backward()
+    assert recorder.ops == []
 
 
 def test_mismatched_history_dtype_is_a_clear_error_not_a_cast():

@@ -34,9 +34,9 @@ SKIP_EXIT = 77  # the child's exit status when the fake device is unavailable
 ROOT = Path(__file__).resolve().parent.parent
 
 GPU_PROJECTION_KERNELS = (
-    "on CUDA, Inductor materialises each site's projection of its K logits in separate small kernels "
-    "(GPU realize_opcount_threshold 30 and realize_reads_threshold 4; the CPU backend inlines up to 50 ops), "
-    "so the converted model launches more kernels than the residual one"
+    "without inline_projection, Inductor materialises each site's projection of its K logits in separate small "
+    "kernels on CUDA (GPU realize_opcount_threshold 30 and realize_reads_threshold 4; the CPU backend inlines up to "
+    "50 ops), so the converted model launches more kernels than the residual one"
 )
 
 
@@ -73,6 +73,9 @@ def _generate(out: str, guard: str) -> None:
                 "residual": generate(original, tokens, compile_fx),
                 "mhc": generate(converted, tokens, mhc_backend),
                 "mhc_inline": generate(converted, tokens, partial(mhc_backend, options={"inline_projection": True})),
+                "mhc_no_inline": generate(
+                    converted, tokens, partial(mhc_backend, options={"inline_projection": False})
+                ),
             }
     Path(out).write_text(json.dumps(result))
 
@@ -125,14 +128,24 @@ def test_inference_forward_has_one_fused_kernel_per_site(generated):
     assert all("native_layer_norm" in name for name in mixing), mixing
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=GPU_PROJECTION_KERNELS)
 def test_inference_mixing_adds_no_kernel(generated):
+    # the default, inline_projection="auto", inlines on a CUDA graph (inference runs on the fake device)
     (base,) = generated["inference"]["residual"]
     (code,) = generated["inference"]["mhc"]
     assert len(kernel_launches(code)) <= len(kernel_launches(base)), (
         f"{len(kernel_launches(code))} kernels vs {len(kernel_launches(base))}: "
         f"{[n for n in kernel_launches(code) if 'mix' not in n and n not in kernel_launches(base)]}"
     )
+
+
+def test_without_inline_projection_each_site_adds_projection_kernels(generated):
+    # why the option exists: GPU_PROJECTION_KERNELS
+    (base,) = generated["inference"]["residual"]
+    (code,) = generated["inference"]["mhc_no_inline"]
+    _assert_no_mix_call(code)
+    assert len(_mix_kernels(code)) == generated["sites"]
+    extra = len(kernel_launches(code)) - len(kernel_launches(base))
+    assert generated["sites"] <= extra <= 2 * generated["sites"], extra
 
 
 def test_training_forward_has_one_fused_kernel_per_site(generated):
@@ -143,15 +156,18 @@ def test_training_forward_has_one_fused_kernel_per_site(generated):
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=GPU_PROJECTION_KERNELS)
-def test_training_backward_at_most_two_kernels_per_site(generated):
+def test_training_backward_at_most_two_kernels_per_site_without_inlining(generated):
     _, base = generated["training"]["residual"]
-    _, backward = generated["training"]["mhc"]
+    _, backward = generated["training"]["mhc_no_inline"]
     budget = len(kernel_launches(base)) + 2 * generated["sites"]
     assert len(kernel_launches(backward)) <= budget, f"{len(kernel_launches(backward))} kernels, budget {budget}"
 
 
 def test_inline_projection_reaches_the_kernel_budgets(generated):
-    # backend option inline_projection=True: each site's projection inside its mixing kernel
+    # inline_projection=True: each site's projection inside its mixing kernel. Training is
+    # traced on the CPU here (see fake_cuda), where "auto" would mean off, so it is passed
+    # explicitly. On a real H100 the backward has more kernels than this fake device shows
+    # (57 vs a budget of 49 for this model at d = 128, docs/benchmarks.md).
     inference, training = generated["inference"], generated["training"]
     sites = generated["sites"]
     assert len(_mix_kernels(inference["mhc_inline"][0])) == sites

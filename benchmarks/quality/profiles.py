@@ -68,9 +68,6 @@ FULL = Profile(
     seeds=(0, 1, 2),
     batch=8,
     steps=300,
-    # stochastic=True mixes with Gumbel-softmax of log P(θ): at the identity init P(θ) = e_last, so every older
-    # weight is exactly 0 and θ gets an exactly zero gradient; the run is the residual run (checked with seed 0)
-    seed_overrides=(("mhc-stoch", (0,)),),
     budget_s=2450.0,
 )
 
