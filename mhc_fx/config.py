@@ -49,7 +49,8 @@ class MHCConfig:
         epsilon: the floor of the ``identity`` constraint, in ``[0, 1)``.
         temperature: the logits are divided by it before the projection (all modes)
             and it scales the Gumbel noise when ``stochastic``.
-        stochastic: Gumbel-softmax mixing in training (``hc`` / ``mhc`` only).
+        stochastic: Gumbel noise in training (``hc``: Gumbel-softmax sample; ``mhc``:
+            perturb-and-project, P((theta + g) / temperature)); eval is deterministic.
         detach_history: stop gradients at every history state except the latest.
         auto_project: older states of another shape reach the new shape through a
             learned projection instead of starting a new chain.

@@ -223,8 +223,8 @@ def mixing_weights(
 
     ``residual`` gives ``e_last`` whatever theta is. ``stochastic`` draws a
     sample in training only; eval returns P(theta). For ``hc`` the sample is the
-    Gumbel-softmax around softmax(theta / T). For ``mhc`` the noise perturbs the scaled
-    logits before the projection (perturb-and-project): alpha = P(theta / T + g), exactly
+    Gumbel-softmax around softmax(theta / T). For ``mhc`` the noise perturbs the logits
+    before the projection (perturb-and-project): alpha = P((theta + g) / T), exactly
     on the constraint set, sparse, and with a gradient at the identity init. (A
     Gumbel-softmax around the sparse P(theta) would keep its exact zeros and saturate its
     one non-zero weight at the identity init: a zero gradient, so nothing would ever learn.)
@@ -244,8 +244,9 @@ def mixing_weights(
         # copy per site and call, and would make the site uncapturable in a CUDA graph.
         temperature = torch.full((), config.temperature, dtype=torch.float32, device=theta.device)
         scaled = theta / temperature.to(theta.dtype)
-        if config.stochastic and training:
-            scaled = scaled + _gumbel_like(scaled.to(_compute_dtype(scaled)), generator).to(scaled.dtype)
+        if config.stochastic and training:  # (theta + g) / T: the temperature also scales the noise
+            noise = _gumbel_like(scaled.to(_compute_dtype(scaled)), generator)
+            scaled = scaled + (noise / config.temperature).to(scaled.dtype)
         if config.floor is not None:
             return project_floored_simplex(scaled, config.floor)
         return project_simplex(scaled)

@@ -634,7 +634,7 @@ def test_stochastic_mhc_is_perturb_and_project(constraint):
     cfg = MHCConfig(mode="mhc", constraint=constraint, epsilon=0.2, temperature=0.5, stochastic=True)
     theta = torch.tensor([0.6, 0.2, 0.9, 1.0], dtype=F64)
     noise = gumbel_from_uniform(torch.rand(4, generator=_gen(3), dtype=F64))
-    scaled = theta / 0.5 + noise
+    scaled = theta / 0.5 + noise / 0.5
     expected = P.project_simplex(scaled) if constraint == "simplex" else P.project_floored_simplex(scaled, 0.2)
     assert torch.equal(P.mixing_weights(theta, cfg, training=True, generator=_gen(3)), expected)
 
