@@ -7,14 +7,17 @@ by its time limit still leaves what it measured), each failure recorded with its
 traceback instead of ending the run:
 
 1. ``correctness``: a converted 2-layer GPT (mixing logits perturbed) in every mode,
-   compiled with ``backend="mhc"`` (and ``inline_projection`` for mhc): forward and
-   gradients against eager float32 and float64, TF32 off; 10 SGD steps compiled against eager.
+   compiled with ``backend="mhc"`` (and ``inline_projection=False`` for mhc): forward
+   and gradients against eager float32 and float64, TF32 off; 10 SGD steps compiled
+   against eager.
 2. ``kernels``: Triton kernel launches in the generated code (inference; training
-   forward + backward) for the plain model under Inductor, and the converted one
-   under both backend settings; mixing kernels per site; no extern ``mix`` call.
+   forward + backward) for the plain model under Inductor, and the converted one under
+   ``backend="mhc"`` with and without ``inline_projection``; mixing kernels per site;
+   no extern ``mix`` call.
 3. ``site``: one site at (8, 512, 768), float32 / bfloat16, K = 2, 4, 8: eager op,
-   default Inductor, ``backend="mhc"`` (both settings), against a device-to-device
-   copy and an add of the same tensors: time, GB/s, fraction of the copy's GB/s.
+   default Inductor, ``backend="mhc"`` (with and without ``inline_projection``),
+   against a device-to-device copy of the same bytes: time, GB/s, fraction of the
+   copy's GB/s; on CUDA also with the calls replayed from a CUDA graph.
 4. ``train``: the 12-layer GPT of the end-to-end benchmark, one AdamW training step
    and one inference forward, plain vs converted, per execution mode; time, peak
    memory, first-call (compile) time.
@@ -57,7 +60,7 @@ MODES = {
     "mhc_identity": {"mode": "mhc", "constraint": "identity"},
     "mhc_stochastic": {"mode": "mhc", "stochastic": True},
 }
-BACKENDS = {"mhc": {}, "mhc_inline": {"inline_projection": True}}
+BACKENDS = {"mhc": {}, "mhc_no_inline": {"inline_projection": False}}  # the default inlines on a GPU
 
 
 class Run:
@@ -250,7 +253,7 @@ def kernels(run: Run) -> dict:
     variants = {
         "residual_inductor": (base, {}),
         "mhc_backend": (converted, {"backend": "mhc"}),
-        "mhc_backend_inline": (converted, {"backend": "mhc", "options": {"inline_projection": True}}),
+        "mhc_backend_no_inline": (converted, {"backend": "mhc", "options": {"inline_projection": False}}),
     }
     result = {"model": dict(layers=layers, dim=dim, seq=seq, batch=batch), "sites": sites, "rows": []}
     for name, (model, compile_kwargs) in variants.items():
@@ -312,8 +315,8 @@ def site(run: Run) -> dict:
                 "eager": _site,
                 "inductor_opaque": torch.compile(_site, dynamic=False),
                 "backend_mhc": torch.compile(_site, backend="mhc", dynamic=False),
-                "backend_mhc_inline": torch.compile(
-                    _site, backend="mhc", dynamic=False, options={"inline_projection": True}
+                "backend_mhc_no_inline": torch.compile(
+                    _site, backend="mhc", dynamic=False, options={"inline_projection": False}
                 ),
             }
             fns = {name: _rotating(fn, sets) for name, fn in variants.items()}
@@ -390,7 +393,7 @@ def _train_plan():
     return [
         ("residual / inductor", "residual", {}),
         ("mhc / backend mhc", "mhc", {"backend": "mhc"}),
-        ("mhc / backend mhc inline", "mhc", {"backend": "mhc", "options": {"inline_projection": True}}),
+        ("mhc / backend mhc no inline", "mhc", {"backend": "mhc", "options": {"inline_projection": False}}),
         ("residual / eager", "residual", None),
         ("mhc / eager", "mhc", None),
         ("mhc / inductor (mix opaque)", "mhc", {}),

@@ -28,8 +28,12 @@ from tests.fake_cuda import (  # noqa: E402
 )
 
 LAYERS = 2
-DIM = 32
-BATCH, LENGTH = 2, 32  # LENGTH above the backend's unroll threshold (17): attention's softmax stays a reduction
+# The size of the real-H100 check in docs/benchmarks.md: large enough that the weight-gradient
+# reductions split into two stages as they do on a GPU (at d = 32 they did not, and the
+# backward looked within budget when it is not). LENGTH is above the backend's unroll
+# threshold (17), so attention's softmax stays a reduction.
+DIM = 128
+BATCH, LENGTH = 4, 64
 SKIP_EXIT = 77  # the child's exit status when the fake device is unavailable
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +41,13 @@ GPU_PROJECTION_KERNELS = (
     "without inline_projection, Inductor materialises each site's projection of its K logits in separate small "
     "kernels on CUDA (GPU realize_opcount_threshold 30 and realize_reads_threshold 4; the CPU backend inlines up to "
     "50 ops), so the converted model launches more kernels than the residual one"
+)
+
+
+GPU_BACKWARD_KERNELS = (
+    "the weight gradient of each site (K sums over the whole state) splits into partial sums, partly in kernels "
+    "of their own, and a second reduction stage, plus the projection's backward: about 5 launches per site, "
+    "measured the same on a real H100 (57 vs 43 for this model)"
 )
 
 
@@ -163,14 +174,22 @@ def test_training_backward_at_most_two_kernels_per_site_without_inlining(generat
     assert len(kernel_launches(backward)) <= budget, f"{len(kernel_launches(backward))} kernels, budget {budget}"
 
 
-def test_inline_projection_reaches_the_kernel_budgets(generated):
+def test_inline_projection_reaches_the_forward_kernel_budgets(generated):
     # inline_projection=True: each site's projection inside its mixing kernel. Training is
     # traced on the CPU here (see fake_cuda), where "auto" would mean off, so it is passed
-    # explicitly. On a real H100 the backward has more kernels than this fake device shows
-    # (57 vs a budget of 49 for this model at d = 128, docs/benchmarks.md).
+    # explicitly.
     inference, training = generated["inference"], generated["training"]
     sites = generated["sites"]
     assert len(_mix_kernels(inference["mhc_inline"][0])) == sites
     assert len(kernel_launches(inference["mhc_inline"][0])) <= len(kernel_launches(inference["residual"][0]))
+    forward, base_forward = training["mhc_inline"][0], training["residual"][0]
+    assert len(_mix_kernels(forward)) == sites
+    assert len(kernel_launches(forward)) <= len(kernel_launches(base_forward)) + sites  # + alpha saved per site
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=GPU_BACKWARD_KERNELS)
+def test_inline_projection_backward_at_most_two_kernels_per_site(generated):
+    training, sites = generated["training"], generated["sites"]
     backward, base_backward = training["mhc_inline"][-1], training["residual"][-1]
-    assert len(kernel_launches(backward)) <= len(kernel_launches(base_backward)) + 2 * sites
+    budget = len(kernel_launches(base_backward)) + 2 * sites
+    assert len(kernel_launches(backward)) <= budget, f"{len(kernel_launches(backward))} kernels, budget {budget}"
