@@ -119,10 +119,29 @@ def _backward(ctx, grad: Tensor):
         (weight_of(weights, k, grad.dim(), acc) * grad_acc).to(ctx.state_dtype) for k in range(ctx.num_states)
     ]
     grad_weights = None
-    if ctx.weights_need_grad:
+    if ctx.weights_need_grad and weights.dim() == 1 and grad.dim() >= 1 and row_sums_first(grad.device):
+        grad_weights = _shared_weight_grad(grad_acc, history, acc).to(weights.dtype)
+    elif ctx.weights_need_grad:
         grads = [_weight_grad(grad, state, weights, acc) for state in history]
         grad_weights = torch.stack(grads, -1).to(weights.dtype)
     return grad, grad_history, grad_weights
+
+
+def row_sums_first(device: torch.device) -> bool:
+    """Whether the weight gradient is taken as row sums first (`_shared_weight_grad`): on
+    GPUs, where Inductor fuses the row sums into kernels that already walk those rows (a
+    LayerNorm's backward) and finishes all K sums in one reduction (about 3 backward
+    launches per site instead of 5); not on the CPU, whose C++ backend fuses the whole-tensor
+    sums better (a 4-layer GPT's backward: 31 launches, 45 with row sums first)."""
+    return device.type != "cpu"
+
+
+def _shared_weight_grad(grad_acc: Tensor, history: list[Tensor], acc: torch.dtype) -> Tensor:
+    """Weight gradient for one weight per state: sum(grad * s_k) for every k, as row sums
+    over the last dim first, stacked to (rows, K), then one reduction over the rows: the
+    same sums as reducing each product whole, in another order."""
+    rows = [(grad_acc * state.to(acc)).sum(-1) for state in history]
+    return torch.stack(rows, -1).reshape(-1, len(history)).sum(0)
 
 
 _mix_op.register_autograd(_backward, setup_context=_setup_context)

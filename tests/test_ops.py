@@ -64,6 +64,28 @@ def test_gradcheck(name):
     assert torch.autograd.gradcheck(fn, (branch, weights, *history))
 
 
+@pytest.mark.parametrize("shape", [(B, T, C), (C,), (B, C)])
+def test_row_sums_first_weight_gradient_is_exact(monkeypatch, shape):
+    # the GPU form of the weight gradient (row sums, then one reduction), forced on the CPU
+    branch, history = _states(shape)
+    weights = torch.randn(K, dtype=F64, requires_grad=True)
+
+    def fn(b, w, *h):
+        return mix(b, list(h), w)
+
+    grad_out = torch.randn(shape, dtype=F64)
+    (whole,) = torch.autograd.grad(fn(branch, weights, *history), weights, grad_out)
+    monkeypatch.setattr(ops, "row_sums_first", lambda device: True)
+    (rows,) = torch.autograd.grad(fn(branch, weights, *history), weights, grad_out)
+    torch.testing.assert_close(rows, whole, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(fn, (branch, weights, *history))
+
+
+def test_row_sums_first_only_off_the_cpu():
+    assert not ops.row_sums_first(torch.device("cpu"))
+    assert ops.row_sums_first(torch.device("cuda")) and ops.row_sums_first(torch.device("meta"))
+
+
 @pytest.mark.parametrize("name", list(WEIGHT_SHAPES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matches_reference_and_hand_computation(name, dtype):
