@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .variants import VARIANTS
+from .variants import STUDIED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,7 +15,7 @@ class Profile:
     depths: tuple[int, ...]
     lrs: tuple[float, ...]
     seeds: tuple[int, ...]
-    variants: tuple[str, ...] = tuple(VARIANTS)
+    variants: tuple[str, ...] = STUDIED
     dim: int = 64
     heads: int = 4
     batch: int = 16

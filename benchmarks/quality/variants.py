@@ -9,7 +9,12 @@ VARIANTS: dict[str, dict] = {
     "mhc": {"mode": "mhc", "constraint": "simplex"},
     "mhc-id": {"mode": "mhc", "constraint": "identity", "epsilon": 0.05},
     "mhc-stoch": {"mode": "mhc", "constraint": "simplex", "stochastic": True},
+    # not in the default grid (profiles.STUDIED): τ = 4 shrinks the Gumbel noise of mhc-stoch 4x
+    "mhc-stoch-t4": {"mode": "mhc", "constraint": "simplex", "stochastic": True, "temperature": 4.0},
 }
+
+#: The variants of the study's grid; the others run on request (``--variants``).
+STUDIED = ("residual", "hc", "mhc", "mhc-id", "mhc-stoch")
 
 BASELINE = "residual"
 
