@@ -261,14 +261,15 @@ def test_bert_keeps_class_outputs_and_masks():
     assert torch.equal(a.last_hidden_state, b.last_hidden_state) and torch.equal(a.pooler_output, b.pooler_output)
 
 
-def test_compiled_static_cache_generation():
+@pytest.mark.parametrize("backend", ["inductor", "mhc"])
+def test_compiled_static_cache_generation(backend):
     from transformers import CompileConfig
 
     torch.manual_seed(0)
     original = tiny_llama()
     converted = mhc_fx.convert(original)
     ids, mask = left_padded()
-    config = CompileConfig(fullgraph=True, dynamic=False)
+    config = CompileConfig(fullgraph=True, dynamic=False, backend=backend)
     config._compile_all_devices = True  # CPU: transformers compiles only on accelerators by default
     torch._dynamo.reset()
     out = converted.generate(
