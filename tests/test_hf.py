@@ -286,3 +286,42 @@ def test_compiled_static_cache_generation(backend):
     )
     assert torch.equal(out, ref)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+
+
+def tiny_t5():
+    config = transformers.T5Config(
+        vocab_size=VOCAB,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
+    return transformers.T5ForConditionalGeneration(config).eval()
+
+
+def test_encoder_decoder_t5_converts_and_generates():
+    # the encoder and the decoder are two chains; generate() runs the encoder once and the
+    # decoder step by step with its cache, each call with its own scope
+    torch.manual_seed(0)
+    original = tiny_t5()
+    converted = mhc_fx.convert(original)
+    report = mhc_fx.explain(converted)
+    assert type(converted) is type(original) and len(report.sites) == 10 and len(report.chains) == 2
+    ids, mask = left_padded()
+    decoder_ids = tokens(length=4, seed=1)
+    ref = original(ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+    assert torch.equal(ref, converted(ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits)
+    kwargs = dict(attention_mask=mask, max_new_tokens=5, do_sample=False)
+    assert torch.equal(original.generate(ids, **kwargs), converted.generate(ids, **kwargs))
+    model = copy.deepcopy(converted)
+    perturb(model)
+    out = model.generate(ids, **kwargs, output_logits=True, return_dict_in_generate=True)
+    full = model(ids, attention_mask=mask, decoder_input_ids=out.sequences[:, :-1]).logits
+    for step, logits in enumerate(out.logits):
+        torch.testing.assert_close(logits, full[:, step], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(model(ids, decoder_input_ids=decoder_ids).logits, ref)

@@ -44,6 +44,10 @@ def example_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict[st
         raise ValueError(
             f"cannot build example inputs for a {type(model).__name__} (main input {name!r}); pass example_inputs="
         )
+    if getattr(config, "is_encoder_decoder", False) and name != "decoder_input_ids" and "decoder_input_ids" in params:
+        # encoder-decoder models that do not derive the decoder's inputs from input_ids (T5)
+        vocab = getattr(config, "vocab_size", 16)
+        inputs["decoder_input_ids"] = torch.randint(0, max(vocab, 2), (batch, length), generator=gen).to(device)
     if "use_cache" in params:
         inputs["use_cache"] = False
     return inputs

@@ -18,8 +18,10 @@ try:
     import transformers
     from transformers.models.bert.modeling_bert import BertLayer
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
     from transformers.models.resnet.modeling_resnet import ResNetBasicLayer
+    from transformers.models.t5.modeling_t5 import T5Block
     from transformers.models.vit.modeling_vit import ViTLayer
 except ImportError:  # pragma: no cover - transformers is a test extra
     transformers = None
@@ -122,6 +124,44 @@ def _resnet():
     )
 
 
+def _t5():
+    return transformers.T5ForConditionalGeneration(
+        transformers.T5Config(
+            vocab_size=VOCAB,
+            d_model=16,
+            d_kv=8,
+            d_ff=32,
+            num_layers=2,
+            num_heads=2,
+            dropout_rate=0.0,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+
+
+def _gpt_neox():
+    return transformers.GPTNeoXForCausalLM(
+        transformers.GPTNeoXConfig(
+            vocab_size=VOCAB,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    )
+
+
+def _decoder_ids():
+    return {"decoder_input_ids": torch.randint(0, VOCAB, (BATCH, LENGTH - 3), generator=_gen(1))}
+
+
 def _ids():
     return (torch.randint(0, VOCAB, (BATCH, LENGTH), generator=_gen()),)
 
@@ -206,6 +246,36 @@ if transformers is not None:
             "pixel_values",
             hf=True,
             block_class=ViTLayer,
+        ),
+        # T5 (encoder-decoder, pre-RMSNorm): encoder layers add attention and FF (2 x 2 = 4,
+        # one chain from the token embeddings); decoder layers add self-attention,
+        # cross-attention and FF (3 x 2 = 6, a second chain from the decoder's embeddings).
+        ZooEntry(
+            "hf_t5",
+            _seeded(_t5),
+            _ids,
+            10,
+            (4, 6),
+            "shared",
+            "input_ids",
+            kwargs=_decoder_ids,
+            hf=True,
+            block_class=T5Block,
+        ),
+        # GPT-NeoX (parallel residual): x + attn(ln1 x) + mlp(ln2 x). Per layer one site:
+        # the add whose operand is the stream; the attn + mlp add is not a site (neither
+        # operand comes from the other). 2 sites, one chain.
+        ZooEntry(
+            "hf_gpt_neox",
+            _seeded(_gpt_neox),
+            _ids,
+            2,
+            (2,),
+            "gpt_neox.embed_in",
+            "input_ids",
+            kwargs=_mask,
+            hf=True,
+            block_class=GPTNeoXLayer,
         ),
         # ResNet (basic, embedding 8, hidden [8, 16], depths [2, 3]): stage 0 keeps 8 channels
         # and stride 1, so both layers have an Identity shortcut (2 sites, one chain); stage 1's
