@@ -13,10 +13,12 @@ Conversion = analyse, then install:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import types
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -85,8 +87,46 @@ def _prefixes(path: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(len(parts) + 1)]
 
 
+#: torch's own residual blocks whose forwards are rewritten like user code (other torch
+#: modules are library internals: their additions are never residual sites).
+TORCH_RESIDUAL_BLOCKS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
 def _rewritable(cls: type) -> bool:
+    if cls in TORCH_RESIDUAL_BLOCKS:
+        return True
     return not cls.__module__.startswith("torch.") and cls.forward is not nn.Module.forward
+
+
+#: Attributes that switch off torch's fused inference paths, whose single kernel would add
+#: the residual inside C++ where no site can see it: (class, attribute, value that disables).
+_FAST_PATH_SWITCHES = (
+    (nn.TransformerEncoderLayer, "activation_relu_or_gelu", 0),  # only read by the fast-path checks
+    (nn.TransformerEncoder, "use_nested_tensor", False),
+)
+
+
+def _fast_path_switches(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
+    return [
+        (m, attr, value)
+        for m in model.modules()
+        for cls, attr, value in _FAST_PATH_SWITCHES
+        if isinstance(m, cls) and hasattr(m, attr)
+    ]
+
+
+@contextlib.contextmanager
+def _fast_paths_off(model: nn.Module):
+    """Switch torch's fused paths off while the graph is captured, then restore them."""
+    switches = _fast_path_switches(model)
+    saved = [getattr(m, attr) for m, attr, _ in switches]
+    for m, attr, value in switches:
+        setattr(m, attr, value)
+    try:
+        yield
+    finally:
+        for (m, attr, _), old in zip(switches, saved):
+            setattr(m, attr, old)
 
 
 HELPERS = {
@@ -164,7 +204,7 @@ def _analyse(model: nn.Module, config: MHCConfig, scope: Scope, example_inputs):
     runtime.open()  # the capture runs inside one scope, whatever the root's forward is
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), _fast_paths_off(model):
             captured = _capture(model, example_inputs)
     finally:
         runtime.close()
@@ -214,6 +254,14 @@ def _install(model: nn.Module, config: MHCConfig, specs: list[SiteSpec], report:
         if not ok:  # cannot happen: owners were rewritten during analysis
             raise RuntimeError(f"mhc_fx: the forward of {path!r} could not be rewritten")
     model.__dict__[RUNTIME] = runtime
+    switches = [(m, attr, value) for m, attr, value in _fast_path_switches(model) if getattr(m, attr) != value]
+    for m, attr, value in switches:
+        setattr(m, attr, value)
+    if switches:
+        report.notes.append(
+            f"torch's fused Transformer inference path switched off on {len(switches)} module(s) "
+            "(activation_relu_or_gelu / use_nested_tensor): its kernel would add the residual out of sight"
+        )
     params.attach(model, config, specs)
     for spec in specs:
         runtime.sites[spec.key] = spec
