@@ -527,6 +527,24 @@ def test_non_module_rejected(value):
         mhc_fx.explain(value)
 
 
+class _DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Linear(8, 8)
+
+    def forward(self, x):
+        if x.sum() > 0:  # control flow on a tensor's value: no single graph
+            x = x + self.f(x)
+        return x + self.f(x)
+
+
+def test_data_dependent_control_flow_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"torch.fx cannot trace _DataDependent .*example_inputs"):
+        mhc_fx.convert(_DataDependent())
+    with pytest.raises(ValueError, match=r"torch.export could not capture _DataDependent .*control flow on tensor"):
+        mhc_fx.convert(_DataDependent(), example_inputs=(torch.randn(2, 8),))
+
+
 def test_converting_converted_model_rejected():
     entry = BY_NAME["gpt"]
     converted = mhc_fx.convert(entry.make()).eval()

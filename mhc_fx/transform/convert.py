@@ -181,7 +181,7 @@ def _capture(model: nn.Module, example_inputs):
     if hf.is_hf_model(model):
         if example_inputs is None:
             kwargs = hf.example_inputs(model)
-        return capture_export(model, args, kwargs)
+        return _capture_export(model, args, kwargs)
     try:
         return capture_fx(model, args, kwargs)
     except Exception as fx_error:  # fx fails on data-dependent control flow and more
@@ -190,7 +190,20 @@ def _capture(model: nn.Module, example_inputs):
                 f"torch.fx cannot trace {type(model).__name__} ({type(fx_error).__name__}: {fx_error}); "
                 "pass example_inputs=... so mhc_fx can capture it with torch.export"
             ) from fx_error
+        return _capture_export(model, args, kwargs)
+
+
+def _capture_export(model: nn.Module, args, kwargs):
+    try:
         return capture_export(model, args, kwargs)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"torch.export could not capture {type(model).__name__} with the example inputs "
+            f"({type(error).__name__}: {first[:300]}). mhc_fx analyses one graph of the whole model: "
+            "Python control flow on tensor values (`if x.sum() > 0:`) cannot be captured; make it depend on "
+            "shapes or flags, or use torch.cond"
+        ) from error
 
 
 def _analyse(model: nn.Module, config: MHCConfig, scope: Scope, example_inputs):
