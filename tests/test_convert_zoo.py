@@ -19,11 +19,12 @@ from collections.abc import Mapping
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import mhc_fx
 from tests.models.gpt import GPT, Block
 from tests.models.hf_zoo import HF_ZOO, gpt2_with_dropout
-from tests.models.zoo import BY_NAME, SEED, ZOO, AliasedInplace, ZooEntry, _seeded
+from tests.models.zoo import BY_NAME, SEED, ZOO, AliasedInplace, ConvNeXtBlock, ZooEntry, _seeded
 
 ALL = ZOO + HF_ZOO
 
@@ -651,3 +652,34 @@ def test_inject_mhc_hf_block_class():
 def test_hf_scope_by_block_class(entry):
     assert len(mhc_fx.explain(mhc_fx.convert(entry.make(), exclude=entry.block_class)).sites) == 0
     assert len(mhc_fx.explain(mhc_fx.convert(entry.make(), include=entry.block_class)).sites) == entry.sites
+
+
+class _IaddConvNeXtBlock(ConvNeXtBlock):
+    def forward(self, x):
+        h = self.dw(x).permute(0, 2, 3, 1)
+        h = self.pw2(F.gelu(self.pw1(self.norm(h))))
+        x += (self.gamma * h).permute(0, 3, 1, 2)
+        return x
+
+
+@pytest.mark.parametrize("inplace_form", [False, True], ids=["add", "iadd"])
+def test_branch_layout_does_not_leak_into_the_stream(inplace_form):
+    # ConvNeXt's branch ends in a permute: the site must return the layout `x + branch`
+    # (or `x += branch`) has, or the next depthwise conv runs another algorithm and the
+    # model is no longer exact at init
+    entry = BY_NAME["convnext"]
+    original = entry.make().eval()
+    if inplace_form:
+        for block in original.blocks:
+            block.__class__ = _IaddConvNeXtBlock
+    converted = mhc_fx.convert(original).eval()
+    assert len(mhc_fx.explain(converted).sites) == 3
+    strides = {}
+    for tag, model in (("original", original), ("converted", converted)):
+        for i, block in enumerate(model.blocks):
+            block.register_forward_hook(lambda m, i_, out, key=(tag, i): strides.__setitem__(key, out.stride()))
+    (x,) = entry.example_inputs()
+    with torch.no_grad():
+        want, got = original(x), converted(x)
+    assert torch.equal(got, want)
+    assert all(strides[("converted", i)] == strides[("original", i)] for i in range(len(original.blocks))), strides

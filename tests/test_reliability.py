@@ -106,3 +106,15 @@ def test_pickling_a_whole_converted_model_points_at_state_dict(tmp_path):
     again.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     x = torch.randint(0, 64, (2, 8))
     assert torch.equal(again(x), model(x))
+
+
+def test_instance_level_forward_override_is_a_clear_error_not_dropped():
+    # a wrapper set on the instance (accelerate's device_map hooks do this) would be replaced
+    # by the rewritten forward; convert refuses instead of silently dropping it
+    torch.manual_seed(0)
+    model = GPT(layers=2, dim=32)
+    inner = model.blocks[1].forward
+    model.blocks[1].forward = lambda *args, **kwargs: inner(*args, **kwargs)
+    with pytest.raises(ValueError, match=r"forward of blocks\.1 \(Block\) is overridden on the instance"):
+        mhc_fx.convert(model)
+    assert "forward" in model.blocks[1].__dict__  # the user's model is left as it was

@@ -161,6 +161,12 @@ class _Instrumenter:
             if not scope_only_ok:
                 return False
             fn = scoped_forward
+        if "forward" in module.__dict__:
+            raise ValueError(
+                f"mhc_fx: the forward of {path or '(root)'} ({type(module).__name__}) is overridden on the instance "
+                "(a hook wrapper such as accelerate's device_map dispatch); converting would drop it. "
+                "Convert the model first, then add the hooks"
+            )
         saved = {k: module.__dict__[k] for k in ("forward", RUNTIME, PATH) if k in module.__dict__}
         module.__dict__["forward"] = types.MethodType(fn, module)
         module.__dict__[RUNTIME] = self.runtime

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch._prims_common import compute_elementwise_output_strides
 
 from ..config import MHCConfig
 from ..ops import mix
@@ -107,7 +108,8 @@ class SiteRuntime:
         site = self.sites.get(key)
         if site is None:
             return a + b
-        return self._mix_site(site, module.training, a, b)
+        out = self._mix_site(site, module.training, a, b)
+        return out if torch.compiler.is_compiling() else _with_layout_of_add(out, a, b, inplace)
 
     def _mix_site(self, site: SiteSpec, training: bool, a: Tensor, b: Tensor) -> Tensor:
         stream, branch = (a, b) if site.stream_first else (b, a)
@@ -142,6 +144,20 @@ class SiteRuntime:
         if config.check_finite:
             _check_finite(site.name, alpha, window)
         return mix(branch, window, alpha)
+
+
+def _with_layout_of_add(out: Tensor, a: Tensor, b: Tensor, inplace: bool) -> Tensor:
+    """``out`` in the memory layout that ``a + b`` (or ``a += b``) gives. The mixing
+    result follows the branch's strides; when the operands' layouts differ (a branch
+    that ends in a permute), later layout-sensitive ops (convolutions) would otherwise
+    pick other algorithms and the model would stop being exact at init. Eager only:
+    under torch.compile Inductor chooses layouts itself."""
+    if a.stride() == b.stride() and not inplace:
+        return out
+    strides = tuple(a.stride()) if inplace else tuple(compute_elementwise_output_strides(a, b))
+    if tuple(out.stride()) == strides:
+        return out
+    return torch.empty_strided(out.shape, strides, dtype=out.dtype, device=out.device).copy_(out)
 
 
 def _check_finite(name: str, alpha: Tensor, window: list[Tensor]) -> None:

@@ -306,6 +306,35 @@ class UNet(nn.Module):
 # ----------------------------------------------------------------------------
 # No residual add
 # ----------------------------------------------------------------------------
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt: depthwise conv, then LayerNorm and MLP in channels-last, scaled, permuted back.
+    The branch ends in a permute, so it has other strides than the stream."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.pw1 = nn.Linear(dim, 4 * dim)
+        self.pw2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), 0.1))
+
+    def forward(self, x):
+        h = self.dw(x).permute(0, 2, 3, 1)
+        h = self.pw2(F.gelu(self.pw1(self.norm(h))))
+        return x + (self.gamma * h).permute(0, 3, 1, 2)
+
+
+class ConvNeXt(nn.Module):
+    def __init__(self, dim: int = 8, depth: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 2, 2)
+        self.blocks = nn.Sequential(*(ConvNeXtBlock(dim) for _ in range(depth)))
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
 class PlainMLP(nn.Module):
     """Linear-ReLU-Linear-ReLU-Linear: no addition, 0 sites."""
 
@@ -395,6 +424,9 @@ ZOO: list[ZooEntry] = [
     ZooEntry("vit", _seeded(ViTEncoder), _floats(2, 3, 8, 8), 4, (4,), "patch", "images", block_class=ViTBlock),
     ZooEntry("mixer", _seeded(MLPMixer), _floats(2, 3, 8, 8), 4, (4,), "patch", "images", block_class=MixerBlock),
     ZooEntry("mixed_forms", _seeded(MixedForms), _floats(4, 8), 4, (4,), "inp", "x"),
+    # ConvNeXt: 3 blocks x 1 add = 3 sites, one chain; the branch's permuted layout must not
+    # leak into the stream (the next depthwise conv would pick another algorithm).
+    ZooEntry("convnext", _seeded(ConvNeXt), _floats(2, 3, 16, 16), 3, (3,), "stem", "x", block_class=ConvNeXtBlock),
     ZooEntry("unet", _seeded(UNet), _floats(2, 3, 8, 8), 0, (), "enc1.0", "x"),
     ZooEntry("plain_mlp", _seeded(PlainMLP), _floats(4, 8), 0, (), "fc1", "x"),
 ]
