@@ -109,7 +109,11 @@ class SiteRuntime:
         if site is None:
             return a + b
         out = self._mix_site(site, module.training, a, b)
-        return out if torch.compiler.is_compiling() else _with_layout_of_add(out, a, b, inplace)
+        if torch.compiler.is_compiling() or not all(
+            type(t) is torch.Tensor or isinstance(t, nn.Parameter) for t in (out, a, b)
+        ):
+            return out  # compiled, exported or traced (fx proxies, tensor subclasses): layouts are not ours to fix
+        return _with_layout_of_add(out, a, b, inplace)
 
     def _mix_site(self, site: SiteSpec, training: bool, a: Tensor, b: Tensor) -> Tensor:
         stream, branch = (a, b) if site.stream_first else (b, a)
