@@ -106,3 +106,19 @@ def test_other_torch_modules_stay_library_code():
     converted = mhc_fx.convert(_AttnBlock(), example_inputs=(x,))
     assert len(mhc_fx.explain(converted).sites) == 2
     assert "forward" in converted.__dict__ and "forward" not in converted.attn.__dict__
+
+
+def test_layers_in_a_plain_container_are_traced_through_not_leaves():
+    # fx treats torch modules as leaves: the encoder layers must be traced into, or their
+    # adds would be invisible and the model silently returned without sites
+    torch.manual_seed(0)
+    layers = [nn.TransformerEncoderLayer(D, HEADS, FF, dropout=0.0, batch_first=True) for _ in range(3)]
+    original = nn.Sequential(*layers).eval()
+    with pytest.raises(ValueError, match="example_inputs"):
+        mhc_fx.convert(original)  # fx cannot trace the layer itself
+    x = _x()
+    converted = mhc_fx.convert(original, example_inputs=(x,)).eval()
+    report = mhc_fx.explain(converted)
+    assert len(report.sites) == 6 and len(report.chains) == 1
+    with torch.no_grad():
+        assert torch.equal(original(x), converted(x))

@@ -61,12 +61,20 @@ def normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     )
 
 
+#: torch's own residual blocks, whose forwards are rewritten like user code (other torch
+#: modules are library internals: their additions are never residual sites).
+TORCH_RESIDUAL_BLOCKS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
 class _Tracer(fx.Tracer):
-    """fx's tracer, but ``nn.Identity`` is traced through (as export does), so an
-    identity shortcut does not hide that the stream feeds the branch."""
+    """fx's tracer, but ``nn.Identity`` (as export does, so an identity shortcut does not
+    hide that the stream feeds the branch) and torch's residual blocks are traced through
+    instead of being leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return not isinstance(m, nn.Identity) and super().is_leaf_module(m, qualname)
+        if isinstance(m, (nn.Identity, *TORCH_RESIDUAL_BLOCKS)):
+            return False
+        return super().is_leaf_module(m, qualname)
 
 
 def capture_fx(model: nn.Module, args: tuple, kwargs: dict) -> Captured:

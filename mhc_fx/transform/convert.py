@@ -26,7 +26,7 @@ from torch import nn
 from ..config import MHCConfig
 from ..projections import mixing_weights as _project
 from . import hf, params, source
-from .capture import capture_export, capture_fx, normalize_inputs
+from .capture import TORCH_RESIDUAL_BLOCKS, capture_export, capture_fx, normalize_inputs
 from .checkpointing import site_checkpoint
 from .report import Report, SiteInfo, SkippedInfo
 from .runtime import SiteRuntime, SiteSpec, enter_scope, exit_scope, scoped_forward, site_add, site_iadd
@@ -85,11 +85,6 @@ class Scope:
 def _prefixes(path: str) -> list[str]:
     parts = path.split(".") if path else []
     return [".".join(parts[:i]) for i in range(len(parts) + 1)]
-
-
-#: torch's own residual blocks whose forwards are rewritten like user code (other torch
-#: modules are library internals: their additions are never residual sites).
-TORCH_RESIDUAL_BLOCKS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
 def _rewritable(cls: type) -> bool:
