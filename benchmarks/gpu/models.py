@@ -5,16 +5,16 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from tests.models.gpt import GPT
+from ..models import GPTSize, base_gpt
 
 
-def gpt_inputs(layers: int, dim: int, seq: int, batch: int, device, vocab: int = 65):
-    torch.manual_seed(0)
-    model = GPT(vocab=vocab, dim=dim, heads=max(1, dim // 64), layers=layers, block_size=seq).to(device)
+def gpt_inputs(layers: int, dim: int, seq: int, batch: int, device):
+    """The end-to-end benchmark's GPT (seed 0, heads of 64) on ``device``, with tokens and targets."""
+    size = GPTSize(layers=layers, dim=dim, heads=max(1, dim // 64), seq=seq, batch=batch)
     gen = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
-    targets = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
-    return model, idx, targets
+    idx = torch.randint(0, size.vocab, (batch, seq), generator=gen).to(device)
+    targets = torch.randint(0, size.vocab, (batch, seq), generator=gen).to(device)
+    return base_gpt(size).to(device), idx, targets
 
 
 def loss_of(model, idx, targets):

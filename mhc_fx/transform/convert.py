@@ -101,26 +101,25 @@ _FAST_PATH_SWITCHES = (
 )
 
 
-def _fast_path_switches(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
-    return [
-        (m, attr, value)
-        for m in model.modules()
-        for cls, attr, value in _FAST_PATH_SWITCHES
-        if isinstance(m, cls) and hasattr(m, attr)
-    ]
+def _switch_fast_paths_off(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
+    """Switch torch's fused paths off in ``model``; (module, attribute, previous value) of each change."""
+    changed = []
+    for m in model.modules():
+        for cls, attr, value in _FAST_PATH_SWITCHES:
+            if isinstance(m, cls) and hasattr(m, attr) and getattr(m, attr) != value:
+                changed.append((m, attr, getattr(m, attr)))
+                setattr(m, attr, value)
+    return changed
 
 
 @contextlib.contextmanager
 def _fast_paths_off(model: nn.Module):
     """Switch torch's fused paths off while the graph is captured, then restore them."""
-    switches = _fast_path_switches(model)
-    saved = [getattr(m, attr) for m, attr, _ in switches]
-    for m, attr, value in switches:
-        setattr(m, attr, value)
+    changed = _switch_fast_paths_off(model)
     try:
         yield
     finally:
-        for (m, attr, _), old in zip(switches, saved):
+        for m, attr, old in changed:
             setattr(m, attr, old)
 
 
@@ -268,12 +267,10 @@ def _install(model: nn.Module, config: MHCConfig, specs: list[SiteSpec], report:
         if not ok:  # cannot happen: owners were rewritten during analysis
             raise RuntimeError(f"mhc_fx: the forward of {path!r} could not be rewritten")
     model.__dict__[RUNTIME] = runtime
-    switches = [(m, attr, value) for m, attr, value in _fast_path_switches(model) if getattr(m, attr) != value]
-    for m, attr, value in switches:
-        setattr(m, attr, value)
-    if switches:
+    switched = _switch_fast_paths_off(model)
+    if switched:
         report.notes.append(
-            f"torch's fused Transformer inference path switched off on {len(switches)} module(s) "
+            f"torch's fused Transformer inference path switched off on {len(switched)} module(s) "
             "(activation_relu_or_gelu / use_nested_tensor): its kernel would add the residual out of sight"
         )
     params.attach(model, config, specs)

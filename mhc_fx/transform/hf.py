@@ -32,22 +32,25 @@ def example_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict[st
     params = inspect.signature(model.forward).parameters
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)  # never advance the user's global RNG
+
+    def tokens() -> torch.Tensor:
+        vocab = getattr(config, "vocab_size", 16)
+        return torch.randint(0, max(vocab, 2), (batch, length), generator=gen).to(device)
+
     if name == "pixel_values":
         size = getattr(config, "image_size", 32)
         size = size if isinstance(size, int) else size[0]
         channels = getattr(config, "num_channels", 3)
         inputs: dict[str, Any] = {name: torch.randn(batch, channels, size, size, generator=gen).to(device)}
     elif name in ("input_ids", "decoder_input_ids"):
-        vocab = getattr(config, "vocab_size", 16)
-        inputs = {name: torch.randint(0, max(vocab, 2), (batch, length), generator=gen).to(device)}
+        inputs = {name: tokens()}
     else:
         raise ValueError(
             f"cannot build example inputs for a {type(model).__name__} (main input {name!r}); pass example_inputs="
         )
     if getattr(config, "is_encoder_decoder", False) and name != "decoder_input_ids" and "decoder_input_ids" in params:
         # encoder-decoder models that do not derive the decoder's inputs from input_ids (T5)
-        vocab = getattr(config, "vocab_size", 16)
-        inputs["decoder_input_ids"] = torch.randint(0, max(vocab, 2), (batch, length), generator=gen).to(device)
+        inputs["decoder_input_ids"] = tokens()
     if "use_cache" in params:
         inputs["use_cache"] = False
     return inputs
