@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -30,3 +34,15 @@ class NonMetaOutputs(TorchDispatchMode):
         if any(isinstance(t, torch.Tensor) and t.device.type != "meta" for t in leaves):
             self.ops.append(str(func))
         return out
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m module args`` in the repository root; asserts it exits 0 (stderr's tail otherwise)."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done

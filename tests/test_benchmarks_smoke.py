@@ -11,13 +11,12 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import run_module
+
 SECTIONS = ("machine", "profile", "meta", "bandwidth", "mixing", "end_to_end", "scaling", "targets")
 POSITIVE = {
     "time_s",
@@ -42,14 +41,7 @@ POSITIVE = {
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_module("benchmarks.run", "--quick", "--out", str(out))
     return out
 
 

@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import run_module
+
 ONLY = "site|residual / inductor|mhc / backend mhc$|eager"
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("gpu_script")
-    cmd = [sys.executable, "-m", "benchmarks.gpu", "--device", "cpu", "--tiny", "--out", str(out), "--only", ONLY]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_module("benchmarks.gpu", "--device", "cpu", "--tiny", "--out", str(out), "--only", ONLY)
     return json.loads((out / "gpu.json").read_text())
 
 

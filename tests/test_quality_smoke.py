@@ -3,11 +3,8 @@ results.json holds every cell, each run with finite numbers or an explicit diver
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import run_module
 
 
 def _finite(x) -> bool:
@@ -16,14 +13,7 @@ def _finite(x) -> bool:
 
 def test_quick_study_writes_every_cell(tmp_path):
     out = tmp_path / "quality"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.quality", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_module("benchmarks.quality", "--quick", "--out", str(out))
     results = json.loads((out / "results.json").read_text())
     profile = results["profile"]
     overrides = {v: s for v, s in profile["seed_overrides"]}
