@@ -18,7 +18,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import MHCConfig
 from .ops import mix
-from .projections import initial_logits, mixing_weights
+from .projections import draw_noise, initial_logits, mixing_weights
+from .site_mix import site_mix
 
 # Options of the `mhc` package that mhc_fx deliberately does not carry, and why.
 _SEED_ONLY = {
@@ -153,7 +154,10 @@ class MHCSkip(nn.Module):
             return x + window[-1]
         if self.config.detach_history:
             window = [s.detach() for s in window[:-1]] + window[-1:]
-        return mix(x, window, self.weights(len(window)))
+        if self.mixing_logits is None:
+            return mix(x, window, self.weights(len(window)))
+        theta = self.mixing_logits[-len(window) :]
+        return site_mix(x, window, theta, self.config, draw_noise(theta, self.config, training=self.training))
 
 
 class MHCSequential(nn.Module):

@@ -119,8 +119,8 @@ def _backward(ctx, grad: Tensor):
         (weight_of(weights, k, grad.dim(), acc) * grad_acc).to(ctx.state_dtype) for k in range(ctx.num_states)
     ]
     grad_weights = None
-    if ctx.weights_need_grad and weights.dim() == 1 and grad.dim() >= 1 and row_sums_first(grad.device):
-        grad_weights = _shared_weight_grad(grad_acc, history, acc).to(weights.dtype)
+    if ctx.weights_need_grad and weights.dim() == 1:
+        grad_weights = summed_products(grad_acc, [state.to(acc) for state in history]).to(weights.dtype)
     elif ctx.weights_need_grad:
         grads = [_weight_grad(grad, state, weights, acc) for state in history]
         grad_weights = torch.stack(grads, -1).to(weights.dtype)
@@ -128,20 +128,28 @@ def _backward(ctx, grad: Tensor):
 
 
 def row_sums_first(device: torch.device) -> bool:
-    """Whether the weight gradient is taken as row sums first (`_shared_weight_grad`): on
-    GPUs, where Inductor fuses the row sums into kernels that already walk those rows (a
-    LayerNorm's backward) and finishes all K sums in one reduction (about 3 backward
-    launches per site instead of 5); not on the CPU, whose C++ backend fuses the whole-tensor
-    sums better (a 4-layer GPT's backward: 31 launches, 45 with row sums first)."""
+    """Whether `summed_products` takes row sums first: on GPUs, where Inductor fuses the
+    row sums into kernels that already walk those rows (a LayerNorm's backward) and
+    finishes all K sums in one reduction (about 3 backward launches per site instead of
+    5); not on the CPU, whose C++ backend fuses the whole-tensor sums better (a 4-layer
+    GPT's backward: 31 launches, 45 with row sums first)."""
     return device.type != "cpu"
 
 
-def _shared_weight_grad(grad_acc: Tensor, history: list[Tensor], acc: torch.dtype) -> Tensor:
-    """Weight gradient for one weight per state: sum(grad * s_k) for every k, as row sums
-    over the last dim first, stacked to (rows, K), then one reduction over the rows: the
-    same sums as reducing each product whole, in another order."""
-    rows = [(grad_acc * state.to(acc)).sum(-1) for state in history]
-    return torch.stack(rows, -1).reshape(-1, len(history)).sum(0)
+def summed_products(grad: Tensor, states: Sequence[Tensor], linear_map=None) -> Tensor:
+    """``[sum(grad * s) for s in states]`` as one ``[K]`` tensor (the gradient of one weight
+    per state), with ``linear_map`` (K tensors to K tensors, linear) applied to the K sums.
+
+    With `row_sums_first`, the sums are taken over the last dim first, ``linear_map`` is
+    applied row by row, and one reduction over the rows finishes all K: the same values in
+    another order (by linearity), and on a GPU nothing is left to launch after that
+    reduction."""
+    if grad.dim() >= 1 and row_sums_first(grad.device):
+        rows = [(grad * state).sum(-1) for state in states]
+        rows = linear_map(rows) if linear_map is not None else rows
+        return torch.stack(rows, -1).reshape(-1, len(states)).sum(0)
+    sums = [(grad * state).sum() for state in states]
+    return torch.stack(linear_map(sums) if linear_map is not None else sums)
 
 
 _mix_op.register_autograd(_backward, setup_context=_setup_context)

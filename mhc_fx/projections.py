@@ -38,10 +38,16 @@ def _check_theta(theta: torch.Tensor) -> None:
         raise ValueError(f"theta must have a non-empty last dimension, got shape {tuple(theta.shape)}")
 
 
+def simplex_threshold(theta: torch.Tensor, support: torch.Tensor, radius) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(|S|, tau)`` of the projection onto the radius-``radius`` simplex with support ``S``
+    (both keepdim over the last dimension): ``tau = (sum_S theta - r) / |S|``."""
+    size = support.sum(-1, keepdim=True).to(theta.dtype)
+    return size, (torch.where(support, theta, 0.0).sum(-1, keepdim=True) - radius) / size
+
+
 def _weights_on_support(theta: torch.Tensor, support: torch.Tensor, radius) -> torch.Tensor:
     """Solve the projection on a known support: ``max(theta - tau, 0)`` inside, 0 outside."""
-    size = support.sum(-1, keepdim=True).to(theta.dtype)
-    tau = (torch.where(support, theta, 0.0).sum(-1, keepdim=True) - radius) / size
+    _, tau = simplex_threshold(theta, support, radius)
     # clamp_min passes the gradient at exactly 0, so tied entries stay in the support.
     return torch.where(support, (theta - tau).clamp_min(0.0), 0.0)
 
@@ -72,9 +78,20 @@ def _resolve_method(method: str, k: int) -> str:
     return method
 
 
-def _project_scaled_simplex(theta: torch.Tensor, radius, method: str) -> torch.Tensor:
+def simplex_support(theta: torch.Tensor, radius, method: str = "auto") -> torch.Tensor:
+    """The support of the projection of ``theta`` onto the radius-``radius`` simplex, as a
+    boolean mask over the last dimension (entries on the threshold count as inside)."""
     method = _resolve_method(method, theta.shape[-1])
-    support = (_support_pairwise if method == "pairwise" else _support_sorted)(theta, radius)
+    return (_support_pairwise if method == "pairwise" else _support_sorted)(theta, radius)
+
+
+def floored_radius(theta: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``1 - epsilon`` as `project_floored_simplex` forms it (a tensor of theta's dtype)."""
+    return torch.ones((), dtype=theta.dtype, device=theta.device) - epsilon
+
+
+def _project_scaled_simplex(theta: torch.Tensor, radius, method: str) -> torch.Tensor:
+    support = simplex_support(theta, radius, method)
     # A NaN or inf logit compares False everywhere and would leave an all-zero alpha;
     # adding 0 * sum(theta) (exactly 0 for finite logits) makes it propagate instead.
     return _weights_on_support(theta, support, radius) + 0.0 * theta.sum(-1, keepdim=True)
@@ -110,7 +127,7 @@ def project_floored_simplex(theta: torch.Tensor, epsilon: float, *, method: str 
     older, last = t[..., :-1], t[..., -1:]
     # The radius and the shifted last logit are formed by the same float op, so that
     # theta = e_last sits exactly on the tie (exact identity, live gradient).
-    radius = torch.ones((), dtype=dtype, device=t.device) - epsilon
+    radius = floored_radius(t, epsilon)
     beta = _project_scaled_simplex(torch.cat([older, last - epsilon], -1), radius, method)
     older_alpha = beta[..., :-1]
     # 1 - sum(older) is alpha_last in exact arithmetic and is exactly 1 at the identity.
@@ -143,17 +160,20 @@ def gumbel_softmax(
     _check_theta(probs)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    dtype = _compute_dtype(probs)
-    p = probs.to(dtype)
-    tiny = torch.finfo(dtype).tiny
-    gumbel = _gumbel_like(p, generator)
-    # Exact zeros get log = -inf (so they stay exactly zero at any temperature);
-    # clamp_min keeps the unused log branch finite, so they get no (NaN) gradient.
-    log_p = torch.where(p > 0, torch.log(p.clamp_min(tiny)), float("-inf"))
-    sample = torch.softmax((log_p + gumbel) / temperature, -1)
+    p = probs.to(_compute_dtype(probs))
+    sample = _gumbel_softmax_with(p, _gumbel_like(p, generator), temperature)
     if floor is not None:
         sample = project_floored_simplex(sample, floor)
     return sample.to(probs.dtype)
+
+
+def _gumbel_softmax_with(p: torch.Tensor, gumbel: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``softmax((log p + gumbel) / temperature)`` for given noise (``p`` in its compute dtype)."""
+    tiny = torch.finfo(p.dtype).tiny
+    # Exact zeros get log = -inf (so they stay exactly zero at any temperature);
+    # clamp_min keeps the unused log branch finite, so they get no (NaN) gradient.
+    log_p = torch.where(p > 0, torch.log(p.clamp_min(tiny)), float("-inf"))
+    return torch.softmax((log_p + gumbel) / temperature, -1)
 
 
 def _gumbel_like(t: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -229,27 +249,49 @@ def mixing_weights(
     Gumbel-softmax around the sparse P(theta) would keep its exact zeros and saturate its
     one non-zero weight at the identity init: a zero gradient, so nothing would ever learn.)
     """
+    return project_logits(theta, config, draw_noise(theta, config, training=training, generator=generator))
+
+
+def draw_noise(
+    theta: torch.Tensor, config: MHCConfig, *, training: bool, generator: torch.Generator | None = None
+) -> torch.Tensor | None:
+    """The standard Gumbel noise a stochastic site draws in training (shaped like ``theta``,
+    in its compute dtype), or None when the site is deterministic."""
+    if not (config.stochastic and training) or config.mode == "residual":
+        return None
+    return _gumbel_like(theta.detach().to(_compute_dtype(theta)), generator)
+
+
+def scaled_logits(theta: torch.Tensor, config: MHCConfig, noise: torch.Tensor | None) -> torch.Tensor:
+    """What ``mhc`` projects: theta / T, plus noise / T when stochastic (theta's dtype).
+
+    Divides by the temperature rounded as `initial_logits` stores it (float32), then cast
+    to theta's dtype, so that logits made by `initial_logits` and cast to any float dtype
+    (a model's ``.double()``, ``.bfloat16()``) give theta / T == e_last exactly: the exact
+    identity with a live gradient (DESIGN §1). Made on theta's device: a CPU tensor copied
+    over would be a blocking host-to-device copy per site and call, and would make the site
+    uncapturable in a CUDA graph.
+    """
+    temperature = torch.full((), config.temperature, dtype=torch.float32, device=theta.device)
+    scaled = theta / temperature.to(theta.dtype)
+    if noise is not None:  # (theta + g) / T: the temperature also scales the noise
+        scaled = scaled + (noise / config.temperature).to(scaled.dtype)
+    return scaled
+
+
+def project_logits(theta: torch.Tensor, config: MHCConfig, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """alpha for logits ``theta`` and the noise `draw_noise` gave (None: deterministic)."""
     if config.mode == "residual":
         alpha = torch.zeros_like(theta)
         alpha[..., -1] = 1.0
         return alpha
     if config.mode == "hc":
         alpha = softmax(theta / config.temperature)
-    else:
-        # mhc: divide by the temperature rounded as `initial_logits` stores it (float32),
-        # then to theta's dtype, so that logits made by `initial_logits` and cast to any
-        # float dtype (a model's `.double()`, `.bfloat16()`) give theta / T == e_last
-        # exactly: the exact identity with a live gradient (DESIGN §1).
-        # Made on theta's device: a CPU tensor copied over would be a blocking host-to-device
-        # copy per site and call, and would make the site uncapturable in a CUDA graph.
-        temperature = torch.full((), config.temperature, dtype=torch.float32, device=theta.device)
-        scaled = theta / temperature.to(theta.dtype)
-        if config.stochastic and training:  # (theta + g) / T: the temperature also scales the noise
-            noise = _gumbel_like(scaled.to(_compute_dtype(scaled)), generator)
-            scaled = scaled + (noise / config.temperature).to(scaled.dtype)
-        if config.floor is not None:
-            return project_floored_simplex(scaled, config.floor)
-        return project_simplex(scaled)
-    if config.stochastic and training:
-        alpha = gumbel_softmax(alpha, temperature=config.temperature, generator=generator)
-    return alpha
+        if noise is None:
+            return alpha
+        probs = alpha.to(noise.dtype)
+        return _gumbel_softmax_with(probs, noise, config.temperature).to(alpha.dtype)
+    scaled = scaled_logits(theta, config, noise)
+    if config.floor is not None:
+        return project_floored_simplex(scaled, config.floor)
+    return project_simplex(scaled)

@@ -44,13 +44,6 @@ GPU_PROJECTION_KERNELS = (
 )
 
 
-GPU_BACKWARD_KERNELS = (
-    "each site's backward adds the final reduction of its K weight-gradient sums, the projection's backward "
-    "(which reads all K sums, so it cannot join that reduction) and one more LayerNorm-backward kernel: 3 "
-    "launches per site (a real H100 showed about 5 before the row-sum form of the weight gradient)"
-)
-
-
 def _generate(out: str, guard: str) -> None:
     """Child process: write the generated CUDA code of every case as JSON to ``out``."""
     from functools import partial
@@ -188,11 +181,13 @@ def test_inline_projection_reaches_the_forward_kernel_budgets(generated):
     assert len(kernel_launches(inference["mhc_inline"][0])) <= len(kernel_launches(inference["residual"][0]))
     forward, base_forward = training["mhc_inline"][0], training["residual"][0]
     assert len(_mix_kernels(forward)) == sites
-    assert len(kernel_launches(forward)) <= len(kernel_launches(base_forward)) + sites  # + alpha saved per site
+    # nothing but the logits is saved for the backward (site_mix recomputes alpha there)
+    assert len(kernel_launches(forward)) <= len(kernel_launches(base_forward))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=GPU_BACKWARD_KERNELS)
 def test_inline_projection_backward_at_most_two_kernels_per_site(generated):
+    # mhc_fx.site_mix: the logits' gradient applies J^T row by row inside the LayerNorm-backward
+    # kernels that take the row sums, then one split reduction (2 launches) finishes it
     training, sites = generated["training"], generated["sites"]
     backward, base_backward = training["mhc_inline"][-1], training["residual"][-1]
     budget = len(kernel_launches(base_backward)) + 2 * sites

@@ -2,7 +2,7 @@
 
 Inductor's FX graph cache and AOTAutograd's cache do not hash lowering,
 decomposition or backward functions. A `CustomGraphPass` with a stable uuid over
-the files that define mix's numerics (ops, projections, the backend) is part of
+the files that define mix's numerics (ops, projections, jacobians, site_mix, the backend) is part of
 both keys, so an edited decomposition never reuses a stale compiled graph.
 """
 
@@ -15,7 +15,13 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 _SOURCES = tuple(
-    str(p) for p in sorted([_PACKAGE / "ops.py", _PACKAGE / "projections.py", *(_PACKAGE / "backend").glob("*.py")])
+    str(p)
+    for p in sorted(
+        [
+            *(_PACKAGE / name for name in ("ops.py", "projections.py", "jacobians.py", "site_mix.py")),
+            *(_PACKAGE / "backend").glob("*.py"),
+        ]
+    )
 )
 
 

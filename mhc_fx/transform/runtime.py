@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from torch._prims_common import compute_elementwise_output_strides
 
 from ..config import MHCConfig
-from ..ops import mix
-from ..projections import mixing_weights
+from ..projections import draw_noise, project_logits
+from ..site_mix import site_mix
 
 SiteKey = tuple  # (module path, location in the forward, occurrence in the call)
 
@@ -144,10 +144,11 @@ class SiteRuntime:
         window = [s.to(dtype) for s in window]
         if config.detach_history:
             window = [s.detach() for s in window[:-1]] + window[-1:]
-        alpha = mixing_weights(site.holder._parameters[site.attr], config, training=training)
+        theta = site.holder._parameters[site.attr]
+        noise = draw_noise(theta, config, training=training)
         if config.check_finite:
-            _check_finite(site.name, alpha, window)
-        return mix(branch, window, alpha)
+            _check_finite(site.name, project_logits(theta, config, noise), window)
+        return site_mix(branch, window, theta, config, noise)
 
 
 def _with_layout_of_add(out: Tensor, a: Tensor, b: Tensor, inplace: bool) -> Tensor:
