@@ -178,6 +178,31 @@ def test_twenty_training_steps_match_eager(name):
         assert any(not torch.equal(a, torch.eye(len(a))[-1]) for a in moved.values())
 
 
+@pytest.mark.parametrize("row_sums", [False, True], ids=["cpu_form", "gpu_form"])
+@pytest.mark.parametrize("name", ["resnet_cnn", "convnext", "gpt"])
+def test_zoo_models_train_compiled_like_eager(monkeypatch, name, row_sums):
+    # 4-D states (N, C, H, W), BatchNorm and channels-last branches: the site function's row
+    # sums and transposed Jacobian are taken over other shapes than a transformer's. The GPU
+    # form of the weight gradient (row sums, J^T per row) compiled and run here on the CPU.
+    from mhc_fx import ops
+    from tests.models.zoo import BY_NAME
+
+    monkeypatch.setattr(ops, "row_sums_first", lambda device: row_sums)
+
+    entry = BY_NAME[name]
+    (x,) = entry.example_inputs()
+    model = perturb(mhc_fx.convert(entry.make(), example_inputs=(x,)), scale=0.5).eval()
+    eager_out, eager_grads = _grads(model, x)
+    torch._dynamo.reset()
+    out, grads = _grads(model, x, run=torch.compile(model, backend="mhc"))
+    torch.testing.assert_close(out, eager_out, rtol=1e-5, atol=1e-6)
+    mixing = [k for k in grads if k.startswith("mhc.")]
+    assert mixing and grads.keys() == eager_grads.keys()
+    for key in grads:
+        scale = eager_grads[key].abs().max().item()
+        torch.testing.assert_close(grads[key], eager_grads[key], rtol=1e-4, atol=1e-5 * scale, msg=key)
+
+
 def test_differently_converted_models_share_no_stale_cache():
     torch.manual_seed(0)
     base = GPT(layers=2, dim=16)
