@@ -70,6 +70,7 @@ def site_mix(
     if (
         config.mode != "residual"
         and torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()  # strict export would inline the forward without grad
         and torch.is_grad_enabled()
         and theta.requires_grad
         and theta.dim() == 1

@@ -27,6 +27,30 @@ def test_torch_export_of_a_converted_model_runs_and_matches_with_dynamic_shapes(
         torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("strict", [True, False])
+def test_exported_program_trains_like_the_model(strict):
+    # strict export traces with Dynamo (torch.compiler.is_compiling() is True there): the sites
+    # must stay mix calls with their gradients, not an autograd function's forward inlined
+    # without grad
+    model = _converted().train()
+    x = torch.randint(0, 64, (2, 8))
+    program = torch.export.export(model, (x,), strict=strict)
+    exported = program.module()
+    exported(x).square().mean().backward()
+    # the exported module may share its parameters with the model: take its gradients first
+    got = {
+        n: None if p.grad is None else p.grad.clone() for n, p in exported.named_parameters() if n.startswith("mhc.")
+    }
+    model.zero_grad(set_to_none=True)
+    model(x).square().mean().backward()
+    want = {n: p.grad for n, p in model.named_parameters() if n.startswith("mhc.")}
+    assert got.keys() == want.keys() and len(want) == 5
+    assert sum(w.abs().sum() for w in want.values()) > 0
+    for name, w in want.items():
+        assert got[name] is not None, name
+        torch.testing.assert_close(got[name], w, msg=name)
+
+
 def test_check_finite_names_the_site():
     model = _converted(check_finite=True)
     x = torch.randint(0, 64, (2, 8))
