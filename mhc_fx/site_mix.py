@@ -12,7 +12,8 @@ equal by linearity, but now the site's whole backward is reductions over the sta
 pointwise work Inductor fuses into its neighbours: on a GPU the weight gradient costs the
 two launches of one split reduction and nothing after it (otherwise a pointwise kernel
 applies J^T to the K sums), and besides the states only the logits are saved for it
-(docs/backend.md). The eager path keeps the composition, which launches fewer small ops.
+(docs/backend.md). Eager and ``torch.export`` keep the composition: it launches fewer small
+ops, and strict export would inline the function's forward without gradients.
 """
 
 from __future__ import annotations
