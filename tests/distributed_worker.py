@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 
 import torch
@@ -42,6 +43,7 @@ def train(model, rank: int | None, world: int) -> None:
 
 
 def main(kind: str, rank: int, world: int, init_file: str, out: str) -> None:
+    faulthandler.dump_traceback_later(240, exit=True)  # a hang reports where it is (the test waits 300 s)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     model = build()
     if kind == "ddp":

@@ -25,20 +25,25 @@ def _single_process_state():
 def test_two_process_training_equals_one_process(kind, tmp_path):
     init_file, out = tmp_path / "init", tmp_path / "state.pt"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.distributed_worker", kind, str(rank), "2", str(init_file), str(out)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
+    # Output goes to files, not pipes: a rank blocked on a full pipe while the test waits on
+    # the other would look like a hang. A rank still running after the timeout dumps its
+    # stack (faulthandler, in the worker) and both are stopped.
+    logs = [tmp_path / f"rank{rank}.log" for rank in range(2)]
+    procs = []
+    for rank, log in enumerate(logs):
+        with log.open("w") as sink:
+            command = [sys.executable, "-m", "tests.distributed_worker", kind, str(rank), "2", str(init_file), str(out)]
+            procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT))
+    try:
+        for p in procs:
+            p.wait(timeout=300)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for rank, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0, f"rank {rank} exited with {p.returncode}:\n{log.read_text()[-3000:]}"
     distributed = torch.load(out, weights_only=True)
     single = _single_process_state()
     assert distributed.keys() == single.keys()
