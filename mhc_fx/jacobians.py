@@ -24,6 +24,8 @@ from torch import Tensor
 from .config import MHCConfig
 from .projections import (
     _compute_dtype,
+    _gumbel_softmax_with,
+    _temperature_like,
     _weights_on_support,
     floored_radius,
     scaled_logits,
@@ -80,8 +82,7 @@ def _softmax(probs: Tensor, scale) -> TransposedJacobian:
 def _gumbel_softmax(p: Tensor, noise: Tensor, temperature: float) -> TransposedJacobian:
     """J^T of ``softmax((log p + noise) / T)`` with respect to p (exact zeros of p get none)."""
     tiny = torch.finfo(p.dtype).tiny
-    log_p = torch.where(p > 0, torch.log(p.clamp_min(tiny)), float("-inf"))
-    sample = _softmax(torch.softmax((log_p + noise) / temperature, -1), temperature)
+    sample = _softmax(_gumbel_softmax_with(p, noise, temperature), temperature)
     live = (p > 0) & (p >= tiny)  # where log's and clamp_min's gradients pass
     clamped = p.clamp_min(tiny)
 
@@ -113,5 +114,5 @@ def transposed_jacobian(theta: Tensor, config: MHCConfig, noise: Tensor | None =
     scaled = scaled_logits(theta, config, noise)
     t = scaled.to(_compute_dtype(scaled))
     project = _simplex(t, 1.0) if config.floor is None else _floored_simplex(t, config.floor)
-    temperature = torch.full((), config.temperature, dtype=torch.float32, device=theta.device).to(theta.dtype)
+    temperature = _temperature_like(theta, config)
     return lambda v: [g / temperature for g in project(v)]

@@ -272,11 +272,15 @@ def scaled_logits(theta: torch.Tensor, config: MHCConfig, noise: torch.Tensor | 
     over would be a blocking host-to-device copy per site and call, and would make the site
     uncapturable in a CUDA graph.
     """
-    temperature = torch.full((), config.temperature, dtype=torch.float32, device=theta.device)
-    scaled = theta / temperature.to(theta.dtype)
+    scaled = theta / _temperature_like(theta, config)
     if noise is not None:  # (theta + g) / T: the temperature also scales the noise
         scaled = scaled + (noise / config.temperature).to(scaled.dtype)
     return scaled
+
+
+def _temperature_like(theta: torch.Tensor, config: MHCConfig) -> torch.Tensor:
+    """The temperature as `scaled_logits` divides by it: float32, then theta's dtype and device."""
+    return torch.full((), config.temperature, dtype=torch.float32, device=theta.device).to(theta.dtype)
 
 
 def project_logits(theta: torch.Tensor, config: MHCConfig, noise: torch.Tensor | None = None) -> torch.Tensor:
