@@ -216,9 +216,9 @@ def _recording(runtime):
     ``_mix_site`` is wrapped on this runtime instance only (no hot-path hook), and restored after."""
     records, saved, original = [], runtime.__dict__.get("_mix_site"), runtime._mix_site
 
-    def mix_site(site, training, a, b):
-        out = original(site, training, a, b)
-        records.append((site, list(runtime.histories[site.chain][-site.window :]), out))
+    def mix_site(scope, site, training, a, b):
+        out = original(scope, site, training, a, b)
+        records.append((site, list(scope.histories[site.chain][-site.window :]), out))
         return out
 
     runtime._mix_site = mix_site

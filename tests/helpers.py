@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,75 @@ class NonMetaOutputs(TorchDispatchMode):
         return out
 
 
+#: The ways of checkpointing blocks from outside a model's code that `apply_checkpointing` knows.
+CHECKPOINT_FORMS = ("checkpoint_wrapper", "forward_partial", "selective", "composable")
+
+
+def _save_matmuls(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    # selective AC: keep the matmuls, recompute the rest
+    return CheckpointPolicy.MUST_SAVE if op == torch.ops.aten.mm.default else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def apply_checkpointing(form: str, model: nn.Module, blocks: list[nn.Module]) -> nn.Module:
+    """Checkpoint each of ``blocks`` (non-reentrant) the way ``form`` does it, without touching the
+    model's code: torch's ``checkpoint_wrapper``, a forward replaced by ``partial(checkpoint, ...)``,
+    the same with selective AC, or torch's composable ``checkpoint(module)``."""
+    from torch.distributed._composable import checkpoint as composable_checkpoint
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl,
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+
+    if form == "checkpoint_wrapper":
+        wrap = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+        apply_activation_checkpointing(model, checkpoint_wrapper_fn=wrap, check_fn=lambda m: m in blocks)
+    elif form == "forward_partial":
+        for block in blocks:
+            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+    elif form == "selective":
+        context = functools.partial(create_selective_checkpoint_contexts, _save_matmuls)
+        for block in blocks:
+            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False, context_fn=context)
+    elif form == "composable":
+        for block in blocks:
+            composable_checkpoint(block)
+    else:
+        raise ValueError(f"form must be one of {CHECKPOINT_FORMS}, got {form!r}")
+    return model
+
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+def run_ranks(module: str, args_of_rank, tmp: Path, world: int = 2, timeout: float = 300) -> None:
+    """``python -m module *args_of_rank(rank)`` in ``world`` processes at once (gloo ranks);
+    asserts each exits 0 (its log's tail otherwise). Output goes to files, not pipes: a rank
+    blocked on a full pipe while the test waits on another would look like a hang. A rank
+    still running after ``timeout`` (its worker dumps its stack with faulthandler first) and
+    all the others are stopped."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    logs = [tmp / f"rank{rank}.log" for rank in range(world)]
+    procs = []
+    for rank, log in enumerate(logs):
+        with log.open("w") as sink:
+            command = [sys.executable, "-m", module, *map(str, args_of_rank(rank))]
+            procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT))
+    try:
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for rank, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0, f"rank {rank} exited with {p.returncode}:\n{log.read_text()[-3000:]}"
 
 
 def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

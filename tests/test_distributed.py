@@ -1,51 +1,27 @@
-"""DDP and FSDP2 on CPU (gloo, 2 spawned processes) train a converted model like one process."""
+"""DDP and FSDP2 on CPU (gloo, 2 spawned processes) train a converted model like one process; FSDP2 also
+in torchtitan's order (convert, checkpoint each block, compile each block, shard, AdamW)."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests import distributed_worker as worker
+from tests.helpers import run_ranks
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def _single_process_state():
-    model = worker.build()
-    worker.train(model, None, 1)
+def _single_process_state(kind: str):
+    model = worker.build()  # no checkpointing, no compile: the plain reference
+    worker.train(model, None, 1, kind)
     return model.state_dict()
 
 
-@pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("kind", ["ddp", "fsdp2", "fsdp2_titan"])
 def test_two_process_training_equals_one_process(kind, tmp_path):
     init_file, out = tmp_path / "init", tmp_path / "state.pt"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    # Output goes to files, not pipes: a rank blocked on a full pipe while the test waits on
-    # the other would look like a hang. A rank still running after the timeout dumps its
-    # stack (faulthandler, in the worker) and both are stopped.
-    logs = [tmp_path / f"rank{rank}.log" for rank in range(2)]
-    procs = []
-    for rank, log in enumerate(logs):
-        with log.open("w") as sink:
-            command = [sys.executable, "-m", "tests.distributed_worker", kind, str(rank), "2", str(init_file), str(out)]
-            procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT))
-    try:
-        for p in procs:
-            p.wait(timeout=300)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for rank, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {rank} exited with {p.returncode}:\n{log.read_text()[-3000:]}"
+    run_ranks("tests.distributed_worker", lambda rank: (kind, rank, 2, init_file, out), tmp_path)
     distributed = torch.load(out, weights_only=True)
-    single = _single_process_state()
+    single = _single_process_state(kind)
     assert distributed.keys() == single.keys()
     mixing = [k for k in single if k.startswith("mhc.") and k != "mhc.config_record"]
     assert mixing

@@ -21,7 +21,7 @@ def results(tmp_path_factory) -> dict:
 
 
 def test_every_stage_ran(results):
-    for stage in ("correctness", "kernels", "site", "train"):
+    for stage in ("correctness", "kernels", "site", "train", "composition"):
         assert "status" not in results[stage], results[stage].get("traceback", results[stage])
     assert results["environment"]["device"] == "cpu"
 
@@ -47,7 +47,7 @@ def test_kernel_counts_found_the_fused_sites(results):
 def test_site_and_train_times_are_positive_and_finite(results):
     site_variants = {r["variant"] for r in results["site"]["rows"]}
     assert {"eager", "inductor_opaque", "backend_mhc", "backend_mhc_no_inline", "copy"} <= site_variants
-    train = results["train"]["rows"]
+    train = results["train"]["dims"]["64"]["rows"]
     assert {r["variant"] for r in train} == {
         "residual / inductor",
         "mhc / backend mhc",
@@ -57,3 +57,10 @@ def test_site_and_train_times_are_positive_and_finite(results):
     for row in results["site"]["rows"] + train:
         value = row.get("time_us", row.get("time_ms"))
         assert value is not None and math.isfinite(value) and value > 0, row
+
+
+def test_composition_on_the_device_matches(results):
+    for row in results["composition"]["checkpointing"]:
+        assert row["grad_rel_diff_max"] < 1e-5, row
+    threads = results["composition"]["threads"]
+    assert threads["mismatches"] == 0 and not threads["errors"], threads

@@ -216,7 +216,7 @@ def test_no_state_survives_a_call(pair):
     runtime = model.__dict__["_mhc_fx_runtime"]
     a, b = tokens(2, 6, seed=1), tokens(3, 9, seed=2)
     out_a = model(a).logits
-    assert runtime.depth == 0 and runtime.histories == {} and runtime.counters == {}
+    assert runtime.scope is None
     out_b = model(b).logits
     assert torch.equal(model(a).logits, out_a)
     fresh = copy.deepcopy(model)
@@ -325,3 +325,24 @@ def test_encoder_decoder_t5_converts_and_generates():
     for step, logits in enumerate(out.logits):
         torch.testing.assert_close(logits, full[:, step], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(model(ids, decoder_input_ids=decoder_ids).logits, ref)
+
+
+def test_low_cpu_mem_usage_and_meta_loading_are_exact(pair, tmp_path):
+    original, converted = pair
+    cls, ids = type(original), tokens()
+    original.save_pretrained(tmp_path / "plain")
+    # HF materialises from the meta device, then convert
+    loaded = mhc_fx.convert(cls.from_pretrained(tmp_path / "plain", low_cpu_mem_usage=True)).eval()
+    assert torch.equal(loaded(ids).logits, original(ids).logits)
+    # a converted checkpoint through mhc_fx.from_pretrained, the same way
+    trained = copy.deepcopy(converted)
+    perturb(trained, seed=6)
+    trained.save_pretrained(tmp_path / "converted")
+    reloaded = mhc_fx.from_pretrained(cls, tmp_path / "converted", low_cpu_mem_usage=True).eval()
+    assert torch.equal(reloaded(ids).logits, trained(ids).logits)
+    if cls is GPT2LMHeadModel:  # (Llama's rotary table is a non-persistent buffer to_empty leaves unset)
+        with torch.device("meta"):
+            meta = cls(original.config)
+        materialised = mhc_fx.convert(meta).to_empty(device="cpu")
+        materialised.load_state_dict(trained.state_dict(), strict=True)
+        assert torch.equal(materialised.eval()(ids).logits, trained(ids).logits)

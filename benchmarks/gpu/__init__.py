@@ -20,7 +20,10 @@ traceback instead of ending the run:
    copy's GB/s; on CUDA also with the calls replayed from a CUDA graph.
 4. ``train``: the 12-layer GPT of the end-to-end benchmark, one AdamW training step
    and one inference forward, plain vs converted, per execution mode; time, the peak
-   memory of one step above what was alive before it, first-call (compile) time.
+   memory of one step above what was alive before it, first-call (compile) time; at each
+   width of ``--dims`` (default 384).
+5. ``composition``: activation checkpointing applied from outside (gradients against none;
+   the recompute runs in autograd's device thread) and 8 threads sharing the model.
 
 Timings: CUDA events around ``reps`` calls, candidates interleaved, median of the
 rounds; inputs rotate over enough sets to defeat the L2 cache. Nothing here is

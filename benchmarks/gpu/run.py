@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..progress import log
-from . import checks, speed
+from . import checks, composition, speed
 
 
 class Run:
@@ -23,6 +23,8 @@ class Run:
         self.device = torch.device(device)
         self.compile_mode = compile_mode
         self.only = re.compile(".*")
+        self.dims: list[int] | None = None  # train stage: model widths (None: the default one)
+        self.tasks = ("train", "infer")
         self.tiny = tiny
         self.deadline = time.perf_counter() + budget_s
         self.out = out
@@ -71,16 +73,23 @@ def main(argv: list[str] | None = None) -> None:
         default=".*",
         help="regex: keep site dtypes/K ('site float32', 'site K=4') and train variants matching it",
     )
-    parser.add_argument("--stages", default="correctness,kernels,site,train")
+    parser.add_argument("--stages", default="correctness,kernels,site,train,composition")
+    parser.add_argument("--dims", default=None, help="train stage: comma-separated model widths, e.g. 384,1024")
+    parser.add_argument("--tasks", default="train,infer", help="train stage: train and/or infer")
     args = parser.parse_args(argv)
     run = Run(args.device, args.tiny, args.budget_s, args.out, args.compile_mode)
     run.only = re.compile(args.only)
+    run.dims = [int(d) for d in args.dims.split(",")] if args.dims else None
+    run.tasks = tuple(t for t in args.tasks.split(",") if t)
+    if not set(run.tasks) <= {"train", "infer"}:
+        parser.error(f"--tasks: train and/or infer, got {args.tasks!r}")
     log(f"environment: {run.results['environment']}")
     stages = {
         "correctness": checks.correctness,
         "kernels": checks.kernels,
         "site": speed.site,
         "train": speed.train,
+        "composition": composition.composition,
     }
     for name in args.stages.split(","):
         if name not in stages:

@@ -116,8 +116,15 @@ def _with_mode(kw: dict, mode: str) -> dict:
 
 
 def train(run: Run) -> dict:
-    layers, dim, seq, batch = (2, 64, 32, 2) if run.tiny else (12, 384, 256, 8)
+    """The GPT step at each width of ``run.dims`` (default: 384, or 64 with ``--tiny``)."""
+    dims = run.dims or ([64] if run.tiny else [384])
+    return {"dims": {str(dim): _train_at(run, dim) for dim in dims}}
+
+
+def _train_at(run: Run, dim: int) -> dict:
+    layers, seq, batch = (2, 32, 2) if run.tiny else (12, 256, 8)
     rounds, reps = (2, 1) if run.tiny else (7, 5)
+    log(f"  GPT {layers} layers, d {dim}, B {batch}, T {seq}")
     base, idx, targets = gpt_inputs(layers, dim, seq, batch, run.device)
     plan = [row for row in _train_plan() if run.only.search(f"train {row[0]}")]
     if run.compile_mode is not None:  # compiled variants only, in that mode
@@ -127,7 +134,7 @@ def train(run: Run) -> dict:
             if kw is not None and "opaque" not in label
         ]
     rows = []
-    for task in ("train", "infer"):
+    for task in run.tasks:
         fns, stats = {}, {}
         for label, kind, kw in plan:
             if run.left_s() < 60 and fns:

@@ -35,6 +35,17 @@ from .source import RewriteError, rewrite_function
 
 RUNTIME = "_mhc_fx_runtime"
 PATH = "_mhc_fx_path"
+REPLICATE = "_replicate_for_data_parallel"
+_BOUND = ("forward", RUNTIME, PATH, REPLICATE)
+
+
+def _refuse_replication(self):
+    """``nn.DataParallel``'s replication (a shallow copy of the module's ``__dict__``) would keep
+    the rewritten forwards bound to the original modules and their parameters."""
+    raise RuntimeError(
+        "mhc_fx: nn.DataParallel cannot replicate a converted model (its rewritten forwards stay bound to "
+        "the original modules); use torch.nn.parallel.DistributedDataParallel, one process per device"
+    )
 
 
 class Scope:
@@ -161,16 +172,17 @@ class _Instrumenter:
                 "(a hook wrapper such as accelerate's device_map dispatch); converting would drop it. "
                 "Convert the model first, then add the hooks"
             )
-        saved = {k: module.__dict__[k] for k in ("forward", RUNTIME, PATH) if k in module.__dict__}
+        saved = {k: module.__dict__[k] for k in _BOUND if k in module.__dict__}
         module.__dict__["forward"] = types.MethodType(fn, module)
         module.__dict__[RUNTIME] = self.runtime
         module.__dict__[PATH] = path
+        module.__dict__[REPLICATE] = types.MethodType(_refuse_replication, module)
         self.bound.append((module, saved))
         return True
 
     def unbind_all(self) -> None:
         for module, saved in self.bound:
-            for key in ("forward", RUNTIME, PATH):
+            for key in _BOUND:
                 module.__dict__.pop(key, None)
             module.__dict__.update(saved)
         self.bound.clear()
@@ -214,13 +226,13 @@ def _analyse(model: nn.Module, config: MHCConfig, scope: Scope, example_inputs):
     modes = {m: m.training for m in model.modules()}
     for path, module in model.named_modules():
         inst.bind(module, path, scope_only_ok=False)
-    runtime.open()  # the capture runs inside one scope, whatever the root's forward is
+    token = runtime.open()  # the capture runs inside one scope, whatever the root's forward is
     try:
         model.eval()
         with torch.no_grad(), _fast_paths_off(model):
             captured = _capture(model, example_inputs)
     finally:
-        runtime.close()
+        runtime.close(token)
         inst.unbind_all()
         for m, mode in modes.items():
             m.training = mode

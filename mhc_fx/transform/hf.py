@@ -1,5 +1,5 @@
 """What Hugging Face models need: example inputs for capture, the recorded config,
-and their gradient checkpointing routed through `CheckpointWithHistory`.
+and their gradient checkpointing guarded by `CheckpointGuard` (no reentrant checkpointing).
 
 Imports of ``transformers`` stay lazy: mhc_fx does not depend on it.
 """
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpointing import CheckpointWithHistory
+from .checkpointing import CheckpointGuard
 from .runtime import SiteRuntime
 
 CONFIG_KEY = "mhc_fx"
@@ -67,8 +67,8 @@ def wrap_checkpointing(model: nn.Module, runtime: SiteRuntime) -> None:
     """Wrap every ``_gradient_checkpointing_func`` set on the model's modules."""
     for module in model.modules():
         func = module.__dict__.get("_gradient_checkpointing_func")
-        if func is not None and not isinstance(func, CheckpointWithHistory):
-            module._gradient_checkpointing_func = CheckpointWithHistory(func, runtime)
+        if func is not None and not isinstance(func, CheckpointGuard):
+            module._gradient_checkpointing_func = CheckpointGuard(func, runtime)
 
 
 def set_gradient_checkpointing(self, *args, **kwargs):

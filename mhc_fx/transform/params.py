@@ -11,6 +11,7 @@ there the same names are registered directly on the root instead.
 from __future__ import annotations
 
 import json
+import types
 
 import torch
 from torch import nn
@@ -32,11 +33,18 @@ def decode(record: torch.Tensor) -> str:
     return bytes(record.tolist()).decode()
 
 
-def _check_record(ours: torch.Tensor, theirs: torch.Tensor | None) -> None:
-    if theirs is None or "meta" in (theirs.device.type, ours.device.type):
+def _check_record(config: MHCConfig, theirs: torch.Tensor | None) -> None:
+    """Refuse a state dict whose record differs from ``config`` (compared with the options
+    themselves, not with this model's buffer: after ``to_empty()`` that holds garbage)."""
+    if theirs is None or theirs.device.type == "meta":
         return
-    if not torch.equal(theirs.cpu(), ours.cpu()):
-        saved, mine = json.loads(decode(theirs)), json.loads(decode(ours))
+    ours = encode(config)
+    if not torch.equal(theirs.cpu(), ours):
+        try:
+            saved = json.loads(decode(theirs))
+        except (UnicodeDecodeError, ValueError):
+            raise ValueError(f"the checkpoint's {RECORD} is not an mhc_fx record") from None
+        mine = json.loads(decode(ours))
         diff = {k: (saved.get(k), mine.get(k)) for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k)}
         raise ValueError(
             "this checkpoint was converted with other mhc_fx options (option: (checkpoint, model)): "
@@ -54,19 +62,53 @@ class SiteParameters(nn.Module):
         self.register_load_state_dict_pre_hook(self._check)
 
     def reset_parameters(self) -> None:
-        """Back to the init (exact identity for mhc): e.g. after ``to_empty()`` of a model
-        converted on the ``meta`` device."""
-        with torch.no_grad():
-            self.config_record.copy_(encode(self.config))
-            for p in self.parameters():
-                p.copy_(initial_logits(self.config, p.shape[-1]))
+        """Back to the init (exact identity for mhc). Done by itself when the model leaves the
+        ``meta`` device (``to_empty()``), so a model converted there needs no extra call."""
+        _reset(self.config, self.config_record, list(self.parameters()))
+
+    def _apply(self, fn, recurse: bool = True):
+        return _reinit_after_meta(self, lambda: super(SiteParameters, self)._apply(fn, recurse), self.config)
 
     @staticmethod
     def _check(module, state_dict, prefix, *args) -> None:
-        _check_record(module.config_record, state_dict.get(prefix + RECORD))
+        _check_record(module.config, state_dict.get(prefix + RECORD))
 
     def extra_repr(self) -> str:
         return decode(self.config_record)
+
+
+def _reset(config: MHCConfig, record: torch.Tensor, logits: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        record.copy_(encode(config))
+        for p in logits:
+            p.copy_(initial_logits(config, p.shape[-1]))
+
+
+def _store_tensors(module: nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(record, logits) of a converted model's store: the ``mhc`` child, or (container root) the
+    ``mhc.*`` entries of the root itself."""
+    if isinstance(module, SiteParameters):
+        return module.config_record, list(module.parameters())
+    logits = [p for name, p in module._parameters.items() if name.startswith(PARAMS + ".")]
+    return module._buffers[f"{PARAMS}.{RECORD}"], logits
+
+
+def _reinit_after_meta(module: nn.Module, apply, config: MHCConfig):
+    """Run ``apply`` (``Module._apply``); if it moved the store off the ``meta`` device
+    (``to_empty``), put the logits and the record back to their init: uninitialised memory
+    would otherwise be read as mixing weights."""
+    was_meta = _store_tensors(module)[0].device.type == "meta"
+    result = apply()
+    record, logits = _store_tensors(module)
+    if was_meta and record.device.type != "meta":
+        _reset(config, record, logits)
+    return result
+
+
+def _flat_apply(self, fn, recurse: bool = True):
+    """``_apply`` of a container root that holds the store itself (see `_reinit_after_meta`)."""
+    config = self.__dict__["_mhc_fx_runtime"].config
+    return _reinit_after_meta(self, lambda: type(self)._apply(self, fn, recurse), config)
 
 
 def _holder(store: nn.Module, owner: str) -> nn.Module:
@@ -79,8 +121,7 @@ def _holder(store: nn.Module, owner: str) -> nn.Module:
 
 
 def _flat_record_check(module, state_dict, prefix, *args) -> None:
-    name = f"{PARAMS}.{RECORD}"
-    _check_record(module._buffers[name], state_dict.get(prefix + name))
+    _check_record(module.__dict__["_mhc_fx_runtime"].config, state_dict.get(f"{prefix}{PARAMS}.{RECORD}"))
 
 
 def _accept_flat_keys(module, incompatible) -> None:
@@ -112,6 +153,7 @@ def attach(model: nn.Module, config: MHCConfig, specs: list[SiteSpec]) -> None:
         model._parameters[f"{PARAMS}.{name}"] = tensor
     model._buffers[f"{PARAMS}.{RECORD}"] = store.config_record
     model.register_load_state_dict_pre_hook(_flat_record_check)
+    model.__dict__["_apply"] = types.MethodType(_flat_apply, model)
     model.register_load_state_dict_post_hook(_accept_flat_keys)
     for spec in specs:
         if spec.holder is not None:
