@@ -15,18 +15,15 @@ import re
 import torch
 from torch import nn
 
-from .transform.convert import RUNTIME, is_converted, mixing_weights
-from .transform.source import add_locations
+from .transform.convert import RUNTIME, converted_root, format_loc, mixing_weights
+from .transform.source import add_locations, innermost
 
 PLOT_EXTRA = 'pip install "mhc_fx[plot]"'
 
 
 def _converted(model) -> nn.Module:
-    """The converted eager model behind ``model`` (a ``torch.compile`` wrapper is unwrapped)."""
-    model = getattr(model, "_orig_mod", model)
-    if not is_converted(model):
-        raise ValueError(f"expected a model returned by mhc_fx.convert, got {type(model).__name__}")
-    return model
+    """The converted eager model behind ``model`` (a ``torch.compile`` or peft wrapper is unwrapped)."""
+    return converted_root(model)
 
 
 def _norm(t: torch.Tensor | None) -> float | None:
@@ -150,9 +147,11 @@ def _group_adds(model: nn.Module, runtime) -> tuple[dict, list]:
         return group
 
     for spec in runtime.sites.values():
-        entry(spec.key[0])["sites"].setdefault(spec.key[1], []).append(spec)
+        # an add in a helper the forward called (loc (call, add)) is shown at the call
+        loc = spec.key[1][0] if isinstance(spec.key[1], tuple) else spec.key[1]
+        entry(spec.key[0])["sites"].setdefault(loc, []).append(spec)
     for skip in runtime.report.skipped:
-        m = re.fullmatch(r"(.*) add#(\d+)(?: \(call \d+\))?", skip.where)
+        m = re.fullmatch(r"(.*) add#(\d+)((?:\.\d+)*)(?: \(call \d+\))?", skip.where)
         path = m and ("" if m[1] == "(root)" else m[1])
         if path not in modules:  # not of the form "<module path> add#<loc>"
             unplaced.append(skip)
@@ -164,7 +163,7 @@ def _group_adds(model: nn.Module, runtime) -> tuple[dict, list]:
 
 
 def _forward_lines(cls: type, group: dict, mode: str) -> list[tuple[str, str]]:
-    fn = pyinspect.unwrap(cls.forward)
+    fn = innermost(cls.forward)  # through functools.wraps and plain passthrough wrappers
     paths = ", ".join(p or "(root)" for p in group["paths"])
     try:
         source, first = pyinspect.getsourcelines(fn)
@@ -173,8 +172,10 @@ def _forward_lines(cls: type, group: dict, mode: str) -> list[tuple[str, str]]:
         source, first, where = [], 0, "source not available"
     out = [("head", ""), ("head", f"{cls.__qualname__}.forward  ({where})  modules: {paths}")]
     at_line: dict[int, list] = {}
-    for loc, lineno, col, text in add_locations(fn):
-        at_line.setdefault(lineno, []).append((loc, col, text))
+    adds = set(add_locations(fn))
+    for loc, lineno, col, text in add_locations(fn, calls=True):  # a helper's call only when it hosts a site
+        if (loc, lineno, col, text) in adds or loc in group["sites"] or loc in group["skipped"]:
+            at_line.setdefault(lineno, []).append((loc, col, text))
     for offset, line in enumerate(source):
         lineno = first + offset
         adds = at_line.get(lineno, [])
@@ -184,7 +185,8 @@ def _forward_lines(cls: type, group: dict, mode: str) -> list[tuple[str, str]]:
             pad = " " * (8 + col)
             out.append(("site" if loc in group["sites"] else "skip", pad + "^" * len(text.splitlines()[0])))
             for spec in group["sites"].get(loc, []):
-                info = f"add#{loc} → {spec.name}  chain {spec.chain}, pos {spec.position}, K={spec.window}"
+                where = f"add#{format_loc(spec.key[1])} → {spec.name}"
+                info = f"{where}  chain {spec.chain}, pos {spec.position}, K={spec.window}"
                 out.append(("site", f"{pad}{info}: {_after(spec, mode)}"))
             for reason in dict.fromkeys(group["skipped"].get(loc, [])):
                 out.append(("skip", f"{pad}add#{loc} not a site: {reason}"))

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import mhc_fx
+
 
 def perturb_mixing(model: nn.Module, scale: float = 1.0, seed: int = 0) -> nn.Module:
     """Add seeded Gaussian noise to every ``mhc.*`` logit, so that the sites really mix."""
@@ -115,3 +117,44 @@ def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.Comp
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return done
+
+
+EXACT_MODES = {
+    "residual": {"mode": "residual"},
+    "mhc_simplex": {"mode": "mhc", "constraint": "simplex"},
+    "mhc_identity": {"mode": "mhc", "constraint": "identity"},
+}
+
+
+def assert_exact(original: nn.Module, x: torch.Tensor, example_inputs=None, rtol: float = 0.0, **options):
+    """Convert ``original`` in each exact mode; outputs (eval and train) and the gradients of every original
+    parameter equal the original's (bit for bit when ``rtol`` is 0). Returns the last converted model."""
+    for mode in EXACT_MODES.values():
+        converted = mhc_fx.convert(original, example_inputs=example_inputs, **mode, **options)
+        for training in (False, True):
+            original.train(training)
+            converted.train(training)
+            want, got = original(x), converted(x)
+            _assert_equal(got, want, rtol)
+        original.zero_grad()
+        converted.zero_grad()
+        want.square().mean().backward()
+        got.square().mean().backward()
+        for name, p in original.named_parameters():
+            _assert_equal(converted.get_parameter(name).grad, p.grad, rtol, name)
+    return converted
+
+
+def _assert_equal(got, want, rtol, what="output"):
+    if rtol == 0:
+        assert torch.equal(got, want), f"{what}: max abs diff {(got - want).abs().max().item()}"
+    else:
+        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * want.abs().max().item(), msg=what)
+
+
+def chains(report) -> tuple[int, ...]:
+    return tuple(len(c) for c in report.chains.values())
+
+
+def reasons(report) -> list[str]:
+    return [s.reason for s in report.skipped]

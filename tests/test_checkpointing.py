@@ -142,8 +142,10 @@ def test_checkpointing_applied_after_convert_gives_the_same_gradients(form, mode
 @pytest.mark.parametrize("form", ["checkpoint_wrapper", "forward_partial", "selective"])
 @pytest.mark.parametrize("mode", ["hc", "mhc"])
 def test_checkpointing_applied_after_convert_compiled(form, mode):
-    expected = _gpt_grads(plain := _gpt(**MODES[mode]), plain, IDX)
-    model = _gpt(**MODES[mode])
+    # float64: compiled and eager sum in other orders, and a mixing logit's gradient is a small
+    # difference of large terms (float32 rounding alone reaches 1e-5 of it on some CPUs)
+    expected = _gpt_grads(plain := _gpt(**MODES[mode]).double(), plain, IDX)
+    model = _gpt(**MODES[mode]).double()
     apply_checkpointing(form, model, list(model.blocks))
     torch._dynamo.reset()
     got = _gpt_grads(model, torch.compile(model, backend="mhc"), IDX)

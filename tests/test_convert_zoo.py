@@ -269,8 +269,16 @@ def test_one_step_changes_output(entry, mode):
         return
     for name, p in params.items():
         assert p.grad is not None and p.grad.abs().max() > 0, f"{name}: zero gradient (tie-aware projection?)"
-        if mode == "mhc_simplex":  # all entries tie at init: the gradient is g_k - mean(g), summing to 0
-            assert abs(p.grad.sum().item()) <= 1e-5 * p.grad.abs().max().item()
+    if mode == "mhc_simplex":
+        # All entries tie at init: the gradient is g_k - mean(g), summing to 0. In float32 the sum
+        # keeps the rounding of the g_k (hundreds of times the centred values when they are close,
+        # and which rounding depends on the CPU's kernels), so the check runs in float64.
+        exact = copy.deepcopy(converted).double()
+        args, kwargs = inputs(entry)
+        args = [a.double() if a.is_floating_point() else a for a in args]
+        loss_of(exact(*args, **kwargs)).backward()
+        for name, p in mhc_params(exact).items():
+            assert abs(p.grad.sum().item()) <= 1e-9 * p.grad.abs().max().item(), name
     # An older state k enters a sparse projection's support iff grad_k < grad_last. The
     # loss may prefer the pure residual at every site (grad_k > grad_last for all k, so
     # no step of any size changes alpha); then -loss, as good a loss, prefers the others.
@@ -553,9 +561,9 @@ def test_converting_converted_model_rejected():
         reference = call(converted, entry)
     state = snapshot(converted)
     report = mhc_fx.explain(converted)
-    with pytest.raises(ValueError, match="already converted"):
+    with pytest.raises(ValueError, match="converted by mhc_fx already"):
         mhc_fx.convert(converted)
-    with pytest.raises(ValueError, match="already converted"):
+    with pytest.raises(ValueError, match="converted by mhc_fx already"):
         mhc_fx.convert(converted, inplace=True)
     assert mhc_fx.explain(converted) is report
     assert snapshot(converted).keys() == state.keys()

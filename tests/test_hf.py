@@ -346,3 +346,99 @@ def test_low_cpu_mem_usage_and_meta_loading_are_exact(pair, tmp_path):
         materialised = mhc_fx.convert(meta).to_empty(device="cpu")
         materialised.load_state_dict(trained.state_dict(), strict=True)
         assert torch.equal(materialised.eval()(ids).logits, trained(ids).logits)
+
+
+def test_layerdrop_trains_and_eval_is_exact():
+    # Wav2Vec2 skips each layer with probability layerdrop while training: a site after a
+    # skipped layer mixes the states the call produced (docs/troubleshooting.md)
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_stride=(5, 2),
+        conv_kernel=(10, 3),
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+        layerdrop=0.5,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        mask_time_prob=0.0,
+    )
+    original = Wav2Vec2Model(config).eval()
+    audio = torch.randn(2, 400, generator=torch.Generator().manual_seed(1))
+    model = mhc_fx.convert(original, example_inputs={"input_values": audio})
+    assert max(s.history for s in mhc_fx.explain(model).sites) == 4
+    assert torch.equal(model(audio).last_hidden_state, original(audio).last_hidden_state)
+    perturb(model, seed=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    model.train()
+    for _ in range(6):  # 6 calls, each with its own random set of skipped layers
+        model(audio).last_hidden_state.square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_parallel_residual_left_to_right_is_one_chain():
+    # StableLM with use_parallel_residual writes `residual + attn + mlp`: both adds are sites of one chain
+    from transformers import StableLmConfig, StableLmForCausalLM
+
+    torch.manual_seed(0)
+    config = StableLmConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        use_parallel_residual=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    original = StableLmForCausalLM(config).eval()
+    model = mhc_fx.convert(original)
+    report = mhc_fx.explain(model)
+    assert len(report.chains) == 1 and [s.history for s in report.sites] == [1, 2, 3, 4, 4, 4]
+    ids = tokens()
+    assert torch.equal(model(ids).logits, original(ids).logits)
+    generated = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(generated, original.generate(ids, max_new_tokens=4, do_sample=False))
+
+
+def test_a_reshaped_stream_keeps_its_chain():
+    # OPT re-views (B, T, C) as (B*T, C) between its two residual adds and back: one chain
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    config = OPTConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=3,
+        ffn_dim=32,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        word_embed_proj_dim=16,
+        dropout=0.0,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    original = OPTForCausalLM(config).eval()
+    model = mhc_fx.convert(original)
+    assert [s.history for s in mhc_fx.explain(model).sites] == [1, 2, 3, 4, 4, 4]
+    ids = tokens()
+    assert torch.equal(model(ids).logits, original(ids).logits)
+    generated = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(generated, original.generate(ids, max_new_tokens=4, do_sample=False))
+    perturb(model, seed=3)
+    cached = model.generate(ids, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    full = model(cached.sequences[:, :-1]).logits[:, ids.shape[1] - 1 :]
+    torch.testing.assert_close(torch.stack(cached.logits, 1), full, rtol=1e-5, atol=1e-5)

@@ -43,6 +43,7 @@ class Captured:
     param_modules: set  # call_module nodes of leaf modules with parameters
     module_types: dict  # call_module node -> module type (fx only)
     has_shapes: bool
+    buffer_nodes: set = dataclasses.field(default_factory=set)  # export: placeholders of buffers
 
 
 def normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
@@ -127,4 +128,6 @@ def capture_export(model: nn.Module, args: tuple, kwargs: dict) -> Captured:
     signature = program.graph_signature
     param_names = set(signature.inputs_to_parameters)
     param_nodes = {n for n in graph.nodes if n.op == "placeholder" and n.name in param_names}
-    return Captured(graph, "export", param_nodes, set(), {}, True)
+    buffer_names = set(signature.inputs_to_buffers)
+    buffer_nodes = {n for n in graph.nodes if n.op == "placeholder" and n.name in buffer_names}
+    return Captured(graph, "export", param_nodes, set(), {}, True, buffer_nodes)

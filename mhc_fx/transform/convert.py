@@ -17,6 +17,7 @@ import contextlib
 import copy
 import fnmatch
 import types
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,12 +26,12 @@ from torch import nn
 
 from ..config import MHCConfig
 from ..projections import mixing_weights as _project
-from . import hf, params, source
+from . import hf, params
+from .calls import HELPERS, keep_hosting
 from .capture import TORCH_RESIDUAL_BLOCKS, capture_export, capture_fx, normalize_inputs
-from .checkpointing import site_checkpoint
 from .report import Report, SiteInfo, SkippedInfo
-from .runtime import SiteRuntime, SiteSpec, enter_scope, exit_scope, scoped_forward, site_add, site_iadd
-from .sites import SiteFinder
+from .runtime import SiteRuntime, SiteSpec, scoped_forward
+from .sites import NEEDS_SHAPES, SiteFinder
 from .source import RewriteError, rewrite_function
 
 RUNTIME = "_mhc_fx_runtime"
@@ -134,15 +135,6 @@ def _fast_paths_off(model: nn.Module):
             setattr(m, attr, old)
 
 
-HELPERS = {
-    source.ADD: site_add,
-    source.IADD: site_iadd,
-    source.CHECKPOINT: site_checkpoint,
-    source.ENTER: enter_scope,
-    source.EXIT: exit_scope,
-}
-
-
 class _Instrumenter:
     """Binds rewritten forwards on instances (cached per class) and removes them."""
 
@@ -190,9 +182,10 @@ class _Instrumenter:
 
 def _capture(model: nn.Module, example_inputs):
     args, kwargs = normalize_inputs(example_inputs)
-    if hf.is_hf_model(model):
+    hf_model = hf.hf_model_of(model)
+    if hf_model is not None:
         if example_inputs is None:
-            kwargs = hf.example_inputs(model)
+            kwargs = hf.example_inputs(hf_model)  # a PeftModel passes them on to the model it wraps
         return _capture_export(model, args, kwargs)
     try:
         return capture_fx(model, args, kwargs)
@@ -219,7 +212,8 @@ def _capture_export(model: nn.Module, args, kwargs):
 
 
 def _analyse(model: nn.Module, config: MHCConfig, scope: Scope, example_inputs):
-    """Find the sites of ``model`` (left unmodified). Returns (specs, report)."""
+    """Find the sites of ``model`` (left unmodified). Returns (specs, report, the followed helper calls
+    that lead to a site)."""
     runtime = SiteRuntime(config)
     runtime.tags = []
     inst = _Instrumenter(runtime)
@@ -236,7 +230,7 @@ def _analyse(model: nn.Module, config: MHCConfig, scope: Scope, example_inputs):
         inst.unbind_all()
         for m, mode in modes.items():
             m.training = mode
-    finder = SiteFinder(captured, frozenset(runtime.inplace_tags))
+    finder = SiteFinder(captured, frozenset(runtime.inplace_tags), auto_project=config.auto_project)
     found, rejected = finder.find()
     tags = runtime.tags
     skipped = [SkippedInfo(_where(tags[r.tag]), r.reason) for r in rejected]
@@ -248,7 +242,7 @@ def _analyse(model: nn.Module, config: MHCConfig, scope: Scope, example_inputs):
         else:
             skipped.append(SkippedInfo(_where(tags[site.tag]), "outside the include/exclude scope"))
     finder.link_chains(kept)
-    skipped += [SkippedInfo(r.where, r.reason) for r in finder.untagged_sites()]
+    skipped += [SkippedInfo(r.where, _why_untagged(r, model, inst)) for r in finder.untagged_sites()]
     specs, infos, per_owner = [], [], {}
     for site in sorted(kept, key=lambda s: finder.order[s.node]):
         key = tags[site.tag]
@@ -257,20 +251,39 @@ def _analyse(model: nn.Module, config: MHCConfig, scope: Scope, example_inputs):
         per_owner[owner] = j + 1
         name = f"{owner}.site{j}" if owner else f"site{j}"
         window = min(site.position, config.max_history)
-        specs.append(SiteSpec(name, key, owner, site.chain, site.position, window, site.stream_first))
+        spec = SiteSpec(name, key, owner, site.chain, site.position, window, site.stream_first)
+        if site.origin is not None and site.origin_shape != site.shape:
+            spec.projects = (site.origin_shape, site.shape)
+        specs.append(spec)
         infos.append(SiteInfo(name, owner, site.chain, site.position, window, site.shape, config.mode))
     report = Report(type(model).__name__, captured.method, config, infos, skipped)
-    return specs, report
+    return specs, report, keep_hosting(runtime.followed, [s.key for s in specs])
+
+
+def _why_untagged(rejected, model: nn.Module, inst: _Instrumenter) -> str:
+    """The reason of an addition left out of the rewrite, with the error that kept the forward of the module
+    that ran it from being rewritten (a decorator without functools.wraps, no source, ...), if any."""
+    try:
+        error = inst.cache.get(type(model.get_submodule(rejected.path)))
+    except AttributeError:
+        error = None
+    return f"{rejected.reason}: {error}" if isinstance(error, RewriteError) else rejected.reason
+
+
+def format_loc(loc: int | tuple) -> str:
+    """``3`` for an add of the forward, ``3.1`` for add 1 of the helper its call 3 ran."""
+    return ".".join(map(str, loc)) if isinstance(loc, tuple) else str(loc)
 
 
 def _where(key) -> str:
     path, loc, n = key
-    return f"{path or '(root)'} add#{loc}" + (f" (call {n})" if n else "")
+    return f"{path or '(root)'} add#{format_loc(loc)}" + (f" (call {n})" if n else "")
 
 
-def _install(model: nn.Module, config: MHCConfig, specs: list[SiteSpec], report: Report) -> None:
+def _install(model: nn.Module, config: MHCConfig, specs: list[SiteSpec], report: Report, followed: dict) -> None:
     runtime = SiteRuntime(config)
     runtime.report = report
+    runtime.followed = followed
     inst = _Instrumenter(runtime)
     owners = {s.owner for s in specs}
     openers = {p for owner in owners for p in _prefixes(owner)}
@@ -288,18 +301,26 @@ def _install(model: nn.Module, config: MHCConfig, specs: list[SiteSpec], report:
     params.attach(model, config, specs)
     for spec in specs:
         runtime.sites[spec.key] = spec
-    if not hf.is_hf_model(model):
+    hf_model = hf.hf_model_of(model)
+    if hf_model is None:
         report.notes.append(
             f"{report.capture} path: the model keeps its class, call signature, outputs, state_dict keys and "
             "deepcopy; torch.save of the whole module raises (save the state_dict)"
         )
-    else:
-        hf.record_config(model, {**config.to_dict(), "sites": len(specs)})
-        model.__dict__["_set_gradient_checkpointing"] = types.MethodType(hf.set_gradient_checkpointing, model)
-        hf.wrap_checkpointing(model, runtime)
+        return
+    hf.record_config(hf_model, {**config.to_dict(), "sites": len(specs)})
+    if RUNTIME in hf_model.__dict__:  # it opens the scope (it is an ancestor of the sites)
+        hf_model.__dict__["_set_gradient_checkpointing"] = types.MethodType(hf.set_gradient_checkpointing, hf_model)
+    hf.wrap_checkpointing(model, runtime)
+    if hf_model is model:
         report.notes.append(
             "Hugging Face path: class, generate() with the KV cache, save_pretrained and non-reentrant "
             "gradient checkpointing are kept; reentrant checkpointing raises"
+        )
+    else:
+        report.notes.append(
+            "peft path: the PeftModel keeps its class and generate(); its save_pretrained writes the adapter "
+            "only, not the mixing logits (mhc.*): save model.state_dict() for those"
         )
 
 
@@ -311,6 +332,35 @@ def _check_model(model) -> None:
 def is_converted(model: nn.Module) -> bool:
     """True if ``model`` was returned by `convert`."""
     return isinstance(model, nn.Module) and RUNTIME in model.__dict__
+
+
+def _converted_inside(model: nn.Module) -> nn.Module | None:
+    """The outermost converted module of ``model`` (itself, or one a wrapper such as peft's
+    ``PeftModel`` or a ``torch.compile`` wrapper holds), None when there is none."""
+    model = getattr(model, "_orig_mod", model)
+    roots = [m for m in model.modules() if is_converted(m)]
+    if not roots:
+        return None
+    runtimes = {id(m.__dict__[RUNTIME]) for m in roots}
+    if len(runtimes) > 1:
+        paths = [p for p, m in model.named_modules() if m.__dict__.get(PATH) == ""]
+        raise ValueError(
+            f"{type(model).__name__} holds {len(runtimes)} separately converted models ({', '.join(paths)}); "
+            "pass each of them"
+        )
+    return roots[0]
+
+
+def converted_root(model: nn.Module) -> nn.Module:
+    """The converted model behind ``model``: ``model`` itself, its ``torch.compile`` wrapper's
+    module, or the converted model a wrapper holds (``get_peft_model(convert(hf_model))``)."""
+    _check_model(model)
+    root = _converted_inside(model)
+    if root is None:
+        raise ValueError(
+            f"expected a model returned by mhc_fx.convert (or one wrapping it), got {type(model).__name__}"
+        )
+    return root
 
 
 def convert(
@@ -342,8 +392,11 @@ def convert(
             trace, such as Hugging Face ones, through ``torch.export``).
         mode, max_history, constraint, epsilon, stochastic, temperature,
             detach_history: see `MHCConfig`.
-        auto_project: not implemented in ``convert`` yet (raises if True): a chain
-            restarts where the stream changes shape.
+        auto_project: a projection shortcut ``shortcut(x) + f(x)`` (a ResNet stage
+            start) becomes a site that continues the chain of ``x``; the chain's older
+            states reach the new shape through a learned map (pooling and a 1x1 conv,
+            or a linear map of the last dim). Needs the shapes: fx-traced models need
+            ``example_inputs``. Exact at init like every site.
         check_finite: raise ``FloatingPointError`` naming the site when a mixing weight
             or history state is not finite (eager debugging aid; syncs at every site).
         include / exclude: module-path globs (``"transformer.h.*"``) or module
@@ -366,18 +419,24 @@ def convert(
         auto_project=auto_project,
         check_finite=check_finite,
     )
-    if auto_project:
-        raise NotImplementedError(
-            "auto_project=True is not implemented in convert yet; chains restart at shape changes"
-        )
     if not isinstance(inplace, bool):
         raise TypeError(f"inplace must be a bool, got {inplace!r}")
-    if is_converted(model):
-        raise ValueError("model is already converted by mhc_fx; convert the original model instead")
+    if _converted_inside(model) is not None:
+        raise ValueError("model is (or holds) a model converted by mhc_fx already; convert the original model instead")
     scope = Scope(include, exclude, model)
-    specs, report = _analyse(model, config, scope, example_inputs)
+    specs, report, followed = _analyse(model, config, scope, example_inputs)
+    if report.warning is not None:
+        warnings.warn(report.warning, UserWarning, stacklevel=2)
+    unmapped = sum(NEEDS_SHAPES in s.reason for s in report.skipped)
+    if unmapped:
+        warnings.warn(
+            f"mhc_fx: auto_project=True left {unmapped} projection shortcut(s) as they are: auto_project needs the "
+            "shapes of the states it maps; pass example_inputs=",
+            UserWarning,
+            stacklevel=2,
+        )
     target = model if inplace else copy.deepcopy(model)
-    _install(target, config, specs, report)
+    _install(target, config, specs, report, followed)
     return target
 
 
@@ -385,24 +444,23 @@ def explain(model: nn.Module, **options) -> Report:
     """The report of a converted model, or what `convert` would do to an original one
     (``options`` as for `convert`; the model is not modified)."""
     _check_model(model)
-    if is_converted(model):
+    root = _converted_inside(model)
+    if root is not None:
         if options:
             raise TypeError("explain takes no options for a converted model")
-        return model.__dict__[RUNTIME].report
+        return root.__dict__[RUNTIME].report
     example_inputs = options.pop("example_inputs", None)
     include, exclude = options.pop("include", None), options.pop("exclude", None)
     mode = options.pop("mode", "mhc")
     config = MHCConfig(mode=mode, **options)
-    _, report = _analyse(model, config, Scope(include, exclude, model), example_inputs)
+    _, report, _ = _analyse(model, config, Scope(include, exclude, model), example_inputs)
     return report
 
 
 def mixing_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """``{site name: alpha}`` of a converted model: the projected weights (eval mode),
     oldest state first. Sites with a single state (chain starts) have alpha = [1]."""
-    if not is_converted(model):
-        raise ValueError("mixing_weights needs a model returned by mhc_fx.convert")
-    runtime = model.__dict__[RUNTIME]
+    runtime = converted_root(model).__dict__[RUNTIME]
     out = {}
     with torch.no_grad():
         for spec in runtime.sites.values():

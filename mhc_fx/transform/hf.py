@@ -25,8 +25,29 @@ def is_hf_model(model: nn.Module) -> bool:
     return module is not None and isinstance(model, module.PreTrainedModel)
 
 
+def hf_model_of(model: nn.Module) -> nn.Module | None:
+    """The ``PreTrainedModel`` that ``model`` is, or that a peft ``PeftModel`` wraps; else None."""
+    if is_hf_model(model):
+        return model
+    peft = sys.modules.get("peft")
+    if peft is not None and isinstance(model, peft.PeftModel):
+        base = model.get_base_model()
+        return base if is_hf_model(base) else None
+    return None
+
+
+def _sub(config, name: str, default):
+    """``config.<name>``, else the vision config's (multimodal models keep it there)."""
+    value = getattr(config, name, None)
+    if value is None:
+        value = getattr(getattr(config, "vision_config", None), name, None)
+    return default if value is None else value
+
+
 def example_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict[str, Any]:
-    """Small inputs for capturing a Hugging Face model's graph, built from its config."""
+    """Small inputs for capturing a Hugging Face model's graph, built from its config: every input
+    of its forward that mhc_fx knows how to build (token ids, images, raw audio, log-mel features),
+    so that a multimodal model (CLIP: ``input_ids`` and ``pixel_values``) is captured whole."""
     config = model.config
     name = getattr(model, "main_input_name", "input_ids")
     params = inspect.signature(model.forward).parameters
@@ -34,23 +55,39 @@ def example_inputs(model: nn.Module, batch: int = 2, length: int = 8) -> dict[st
     gen = torch.Generator().manual_seed(0)  # never advance the user's global RNG
 
     def tokens() -> torch.Tensor:
-        vocab = getattr(config, "vocab_size", 16)
-        return torch.randint(0, max(vocab, 2), (batch, length), generator=gen).to(device)
+        vocab = _sub(getattr(config, "text_config", None) or config, "vocab_size", 16)
+        return torch.randint(0, max(vocab, 2), (batch, length), generator=gen)
 
-    if name == "pixel_values":
-        size = getattr(config, "image_size", 32)
+    def images() -> torch.Tensor:
+        size = _sub(config, "image_size", 32)
         size = size if isinstance(size, int) else size[0]
-        channels = getattr(config, "num_channels", 3)
-        inputs: dict[str, Any] = {name: torch.randn(batch, channels, size, size, generator=gen).to(device)}
-    elif name in ("input_ids", "decoder_input_ids"):
-        inputs = {name: tokens()}
-    else:
+        return torch.randn(batch, _sub(config, "num_channels", 3), size, size, generator=gen)
+
+    def audio() -> torch.Tensor:
+        # raw waveform: long enough for the convolutional feature encoder to leave a few frames
+        frames = 1
+        for kernel, stride in zip(getattr(config, "conv_kernel", ()), getattr(config, "conv_stride", ())):
+            frames = (frames - 1) * stride + kernel
+        return torch.randn(batch, max(frames * 4, 400), generator=gen)
+
+    def features() -> torch.Tensor:
+        # log-mel features: Whisper's encoder wants exactly 2 x max_source_positions frames
+        frames = 2 * getattr(config, "max_source_positions", 8)
+        return torch.randn(batch, getattr(config, "num_mel_bins", 80), frames, generator=gen)
+
+    builders = {"input_ids": tokens, "pixel_values": images, "input_values": audio, "input_features": features}
+    if name not in builders:
         raise ValueError(
-            f"cannot build example inputs for a {type(model).__name__} (main input {name!r}); pass example_inputs="
+            f"cannot build example inputs for a {type(model).__name__} (main input {name!r}; mhc_fx builds "
+            f"{sorted(builders)}); pass example_inputs={{...}}"
         )
-    if getattr(config, "is_encoder_decoder", False) and name != "decoder_input_ids" and "decoder_input_ids" in params:
-        # encoder-decoder models that do not derive the decoder's inputs from input_ids (T5)
-        inputs["decoder_input_ids"] = tokens()
+    wanted = [name]
+    if name == "input_ids" and "pixel_values" in params and hasattr(config, "vision_config"):
+        wanted.append("pixel_values")  # a text-image model: both towers
+    inputs: dict[str, Any] = {n: builders[n]().to(device) for n in wanted}
+    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
+        # encoder-decoder models that do not derive the decoder's inputs from input_ids (T5, Whisper)
+        inputs["decoder_input_ids"] = tokens().to(device)
     if "use_cache" in params:
         inputs["use_cache"] = False
     return inputs

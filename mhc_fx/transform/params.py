@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import MHCConfig
 from ..projections import initial_logits
+from . import projecting
 from .runtime import SiteSpec
 
 PARAMS = "mhc"
@@ -64,7 +65,7 @@ class SiteParameters(nn.Module):
     def reset_parameters(self) -> None:
         """Back to the init (exact identity for mhc). Done by itself when the model leaves the
         ``meta`` device (``to_empty()``), so a model converted there needs no extra call."""
-        _reset(self.config, self.config_record, list(self.parameters()))
+        _reset(self.config, self.config_record, list(self.named_parameters()))
 
     def _apply(self, fn, recurse: bool = True):
         return _reinit_after_meta(self, lambda: super(SiteParameters, self)._apply(fn, recurse), self.config)
@@ -77,20 +78,23 @@ class SiteParameters(nn.Module):
         return decode(self.config_record)
 
 
-def _reset(config: MHCConfig, record: torch.Tensor, logits: list[torch.Tensor]) -> None:
+def _reset(config: MHCConfig, record: torch.Tensor, tensors: list[tuple[str, torch.Tensor]]) -> None:
     with torch.no_grad():
         record.copy_(encode(config))
-        for p in logits:
-            p.copy_(initial_logits(config, p.shape[-1]))
+        for name, p in tensors:
+            if name.endswith(projecting.SUFFIX):
+                projecting.init_weight_(p)
+            else:
+                p.copy_(initial_logits(config, p.shape[-1]))
 
 
-def _store_tensors(module: nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(record, logits) of a converted model's store: the ``mhc`` child, or (container root) the
-    ``mhc.*`` entries of the root itself."""
+def _store_tensors(module: nn.Module) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
+    """(record, named parameters) of a converted model's store: the ``mhc`` child, or (container
+    root) the ``mhc.*`` entries of the root itself."""
     if isinstance(module, SiteParameters):
-        return module.config_record, list(module.parameters())
-    logits = [p for name, p in module._parameters.items() if name.startswith(PARAMS + ".")]
-    return module._buffers[f"{PARAMS}.{RECORD}"], logits
+        return module.config_record, list(module.named_parameters())
+    tensors = [(name, p) for name, p in module._parameters.items() if name.startswith(PARAMS + ".")]
+    return module._buffers[f"{PARAMS}.{RECORD}"], tensors
 
 
 def _reinit_after_meta(module: nn.Module, apply, config: MHCConfig):
@@ -145,6 +149,9 @@ def attach(model: nn.Module, config: MHCConfig, specs: list[SiteSpec]) -> None:
             spec.attr = spec.name.rsplit(".", 1)[-1]
             theta = initial_logits(config, spec.window).to(device)
             spec.holder.register_parameter(spec.attr, nn.Parameter(theta))
+            if spec.projects is not None:
+                weight = projecting.new_weight(*spec.projects, device)
+                spec.holder.register_parameter(spec.attr + projecting.SUFFIX, nn.Parameter(weight))
     if not isinstance(model, _CONTAINERS):
         model.add_module(PARAMS, store)
         return
@@ -157,4 +164,4 @@ def attach(model: nn.Module, config: MHCConfig, specs: list[SiteSpec]) -> None:
     model.register_load_state_dict_post_hook(_accept_flat_keys)
     for spec in specs:
         if spec.holder is not None:
-            spec.holder, spec.attr = model, f"{PARAMS}.{spec.name}"
+            spec.holder, spec.attr = model, f"{PARAMS}.{spec.owner + '.' if spec.owner else ''}{spec.attr}"

@@ -57,6 +57,25 @@ class Report:
             out.setdefault(site.chain, []).append(site)
         return out
 
+    @property
+    def warning(self) -> str | None:
+        """Why nothing mixes, when a conversion in ``hc`` / ``mhc`` mode gives no site a window of
+        two or more states (every chain of length one): the model then trains exactly as before."""
+        if self.config.mode == "residual" or any(s.history >= 2 for s in self.sites):
+            return None
+        if not self.sites:
+            return f"mhc_fx: no residual site found in {self.model}: the model is returned unchanged" + (
+                f" ({_reasons(self.skipped)})" if self.skipped else ""
+            )
+        return (
+            f"mhc_fx: none of the {len(self.sites)} sites of {self.model} mixes anything: every chain holds a "
+            "single site, so the converted model has no mixing weights and trains exactly like the original. "
+            "Chains end at projection shortcuts, where an op with parameters changes the stream between two "
+            "residual adds, and where an add is skipped"
+            + (f"; skipped additions: {_reasons(self.skipped)}" if self.skipped else "")
+            + ". mhc_fx.explain(model) lists the sites and chains"
+        )
+
     def _site_rows(self) -> list[list[str]]:
         return [
             [s.name, s.module_path or "(root)", str(s.chain), str(s.position), str(s.history), _shape(s.shape)]
@@ -70,12 +89,14 @@ class Report:
             f"{len(self.skipped)} additions skipped "
             f"(mode={c.mode}, max_history={c.max_history}, capture={self.capture})"
         ]
+        if self.warning is not None:
+            lines.append("WARNING: " + self.warning.removeprefix("mhc_fx: "))
         if self.sites:
             lines.append(_table(["site", "module", "chain", "pos", "K", "shape"], self._site_rows()))
         if self.skipped:
             lines.append("skipped:")
             lines.append(_table(["where", "reason"], [[s.where, s.reason] for s in self.skipped]))
-        if not self.sites:
+        if not self.sites and self.warning is None:
             lines.append("no residual site found: the model is returned unchanged")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
@@ -90,12 +111,22 @@ class Report:
             return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
         parts = [f"<p><b>{html.escape(self.model)}</b>: {len(self.sites)} sites, {len(self.skipped)} skipped</p>"]
+        if self.warning is not None:
+            parts.append(f"<p><b>warning</b>: {html.escape(self.warning)}</p>")
         if self.sites:
             parts.append(table(["site", "module", "chain", "pos", "K", "shape"], self._site_rows()))
         if self.skipped:
             parts.append(table(["where", "reason"], [[s.where, s.reason] for s in self.skipped]))
         parts.extend(f"<p>note: {html.escape(n)}</p>" for n in self.notes)
         return "\n".join(parts)
+
+
+def _reasons(skipped: list[SkippedInfo]) -> str:
+    """``"3 x reason, 1 x other"``: the skipped additions counted by reason."""
+    counts: dict[str, int] = {}
+    for s in skipped:
+        counts[s.reason] = counts.get(s.reason, 0) + 1
+    return ", ".join(f"{n} x {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _shape(shape: tuple | None) -> str:

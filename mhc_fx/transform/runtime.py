@@ -28,7 +28,7 @@ from torch._prims_common import compute_elementwise_output_strides
 from ..config import MHCConfig
 from ..projections import draw_noise, project_logits
 from ..site_mix import site_mix
-from . import dtensor, replay
+from . import dtensor, projecting, replay
 
 SiteKey = tuple  # (module path, location in the forward, occurrence in the call)
 
@@ -46,6 +46,9 @@ class SiteSpec:
     stream_first: bool  # the stream is the left operand
     holder: nn.Module | None = None  # module holding the logits (None when K == 1 or residual)
     attr: str = ""
+    # auto_project: (old shape, new shape) at analysis, batch dim included, of the states this site
+    # maps onto its stream's shape; the map's weight is ``holder``'s ``attr + projecting.SUFFIX``
+    projects: tuple[tuple, tuple] | None = None
 
 
 class CallScope:
@@ -53,21 +56,34 @@ class CallScope:
     the window of each chain. It lives in the calling thread (`SiteRuntime.scope`), so
     threads calling one model at once each have their own."""
 
-    def __init__(self, counters: dict | None = None, histories: dict | None = None, recomputing: bool = False):
-        self.counters = counters if counters is not None else {}
-        self.histories = histories if histories is not None else {}
+    def __init__(self, recomputing: bool = False) -> None:
+        self.counters: dict = {}
+        self.histories: dict = {}  # chain -> its window (the streams of its latest sites)
+        self.heads: dict = {}  # chain -> the output of its latest site (re-viewed with the window)
         self.recomputing = recomputing  # a checkpointed region recomputed from its snapshot
         self.sequence_parallel: str | None = None  # a module SequenceParallel distributed (dtensor.py)
 
-    def snapshot(self) -> tuple[dict, dict]:
-        """(counters, histories) now, for replaying a block later."""
-        return dict(self.counters), {chain: list(h) for chain, h in self.histories.items()}
+    def snapshot(self) -> tuple[dict, dict, dict]:
+        """(counters, histories, heads) now, for replaying a block later."""
+        return dict(self.counters), {chain: list(h) for chain, h in self.histories.items()}, dict(self.heads)
 
     @classmethod
-    def restored(cls, state: tuple[dict, dict]) -> CallScope:
+    def restored(cls, state: tuple[dict, dict, dict]) -> CallScope:
         """A private scope holding a `snapshot`, for a recompute."""
-        counters, histories = state
-        return cls(dict(counters), {chain: list(h) for chain, h in histories.items()}, recomputing=True)
+        scope = cls(recomputing=True)
+        counters, histories, heads = state
+        scope.counters, scope.heads = dict(counters), dict(heads)
+        scope.histories = {chain: list(h) for chain, h in histories.items()}
+        return scope
+
+    def reviewed(self, value: Any, result: Any, view) -> None:
+        """``result = view(value)`` re-viewed the stream of a chain (``value`` is its latest site's
+        output: a reshape, view, permute or transpose between two residual adds): view the chain's
+        window the same way, so its next site mixes states of its own shape."""
+        for chain, head in self.heads.items():
+            if head is value:
+                self.histories[chain] = [view(s) for s in self.histories.get(chain, ()) if s.shape == value.shape]
+                self.heads[chain] = result
 
 
 class _ThreadScopes(threading.local):
@@ -91,6 +107,9 @@ class SiteRuntime:
         self.sites: dict[SiteKey, SiteSpec] = {}
         self.tags: list[SiteKey] | None = None  # a list while capturing for analysis
         self.inplace_tags: set[int] = set()  # tags of `x += y` additions
+        # {(module path, call location): (function, its rewritten copy)}: the helper calls that lead
+        # to a site (`calls.site_call`); during analysis, every followed call
+        self.followed: dict[tuple, tuple] = {}
         self.report: Any = None
         self._threads = _ThreadScopes()
 
@@ -154,30 +173,35 @@ class SiteRuntime:
         if site is None:
             return a + b
         out = self._mix_site(scope, site, module.training, a, b)
-        if torch.compiler.is_compiling() or not all(
-            type(t) is torch.Tensor or isinstance(t, nn.Parameter) for t in (out, a, b)
-        ):
-            return out  # compiled, exported or traced (fx proxies, tensor subclasses): layouts are not ours to fix
-        return _with_layout_of_add(out, a, b, inplace)
+        # Eager plain tensors only: compiled, exported or traced code (fx proxies, tensor subclasses)
+        # leaves layouts to the compiler.
+        plain = all(type(t) is torch.Tensor or isinstance(t, nn.Parameter) for t in (out, a, b))
+        if plain and not torch.compiler.is_compiling():
+            out = _with_layout_of_add(out, a, b, inplace)
+        if a.shape == b.shape:  # (a broadcasting add is no site: `_mix_site`)
+            scope.heads[site.chain] = out
+        return out
 
     def _mix_site(self, scope: CallScope, site: SiteSpec, training: bool, a: Tensor, b: Tensor) -> Tensor:
         stream, branch = (a, b) if site.stream_first else (b, a)
+        if stream.shape != branch.shape:
+            # A broadcasting add taken for a site by an analysis without shapes (fx, no example
+            # inputs): not a residual connection, and never an error where `a + b` is not.
+            return a + b
         config = self.config
         history = scope.histories.setdefault(site.chain, [])
+        if site.projects is not None and site.holder is not None:
+            _project_window(site, history, stream)
         history.append(stream)
         if len(history) > config.max_history:
             del history[0]
         if site.holder is None:
             return a + b
-        window = history[-site.window :]
-        if len(window) != site.window:
-            raise RuntimeError(_short_window_message(site, len(window)))
-        for k, state in enumerate(window):
-            if state.shape != branch.shape:
-                raise RuntimeError(
-                    f"mhc_fx site {site.name!r}: history state {k} has shape {tuple(state.shape)} but the "
-                    f"branch has {tuple(branch.shape)}"
-                )
+        window = _window(history[-site.window :], branch.shape)
+        if len(window) < site.window and not torch.compiler.is_compiling() and replay.in_backward():
+            raise RuntimeError(_recompute_message(site, len(window)))
+        if len(window) == 1:
+            return a + b  # the only state this call produced on the chain: alpha = [1]
         # The original `a + b` promotes mixed dtypes (autocast: a float32 stream plus a bfloat16
         # branch gives float32); the site reproduces exactly that promotion, nothing more.
         dtype = torch.promote_types(a.dtype, b.dtype)
@@ -186,6 +210,8 @@ class SiteRuntime:
         if config.detach_history:
             window = [s.detach() for s in window[:-1]] + window[-1:]
         theta = site.holder._parameters[site.attr]
+        if len(window) < site.window:  # layers skipped in this call (LayerDrop): the latest logits
+            theta = theta[-len(window) :]
         dtensor.check_plain_stream(site.name, scope.sequence_parallel, stream, theta)
         noise = draw_noise(theta, config, training=training)
         if config.check_finite:
@@ -195,19 +221,37 @@ class SiteRuntime:
         return site_mix(branch, window, theta, config, noise)
 
 
-def _short_window_message(site: SiteSpec, held: int) -> str:
-    head = f"mhc_fx site {site.name!r} expected {site.window} history states but its chain holds {held}"
-    if replay.in_backward():
-        return (
-            f"{head}: a converted block was recomputed in backward without the states it saw. Reentrant "
-            "activation checkpointing (use_reentrant=True, CheckpointImpl.REENTRANT) cannot replay them: use "
-            "use_reentrant=False; nor can a block compiled on its own inside an eager checkpoint: apply "
-            "checkpointing before torch.compile (docs/troubleshooting.md)"
-        )
+def _project_window(site: SiteSpec, history: list[Tensor], stream: Tensor) -> None:
+    """Map the chain's states of the old shape onto ``stream``'s shape, in place in the history,
+    so this site and the later ones mix states of one shape (`projecting`)."""
+    weight = site.holder._parameters[site.attr + projecting.SUFFIX]
+    channels = 1 if weight.dim() == 4 else -1
+    history[:] = [
+        projecting.project_state(s, weight, stream.shape)
+        if s.shape != stream.shape and s.dim() == stream.dim() and s.shape[channels] == weight.shape[1]
+        else s
+        for s in history
+    ]
+
+
+def _window(states: list[Tensor], shape: torch.Size) -> list[Tensor]:
+    """The latest states of ``shape``: the window is what this call produced on the chain, which
+    can be fewer than the site's K (a layer skipped by LayerDrop, a stage boundary, a block called
+    on its own) and stops at a state of another shape (the stream re-viewed where the analysis
+    could not see it)."""
+    k = len(states)
+    while k > 0 and states[k - 1].shape == shape:
+        k -= 1
+    return states[k:]
+
+
+def _recompute_message(site: SiteSpec, held: int) -> str:
     return (
-        f"{head}: this call took a path through the model that differs from the one analysed at convert "
-        "time: a block called on its own, or a model split into pipeline stages after convert (convert "
-        "each stage instead; docs/troubleshooting.md)"
+        f"mhc_fx site {site.name!r} expected {site.window} history states but its chain holds {held}: a "
+        "converted block was recomputed in backward without the states it saw. Reentrant activation "
+        "checkpointing (use_reentrant=True, CheckpointImpl.REENTRANT) cannot replay them: use use_reentrant=False; "
+        "nor can a block compiled on its own inside an eager checkpoint: apply checkpointing before torch.compile "
+        "(docs/troubleshooting.md)"
     )
 
 
@@ -217,8 +261,8 @@ def _with_layout_of_add(out: Tensor, a: Tensor, b: Tensor, inplace: bool) -> Ten
     that ends in a permute), later layout-sensitive ops (convolutions) would otherwise
     pick other algorithms and the model would stop being exact at init. Eager only:
     under torch.compile Inductor chooses layouts itself."""
-    if a.stride() == b.stride() and not inplace:
-        return out
+    if a.shape != b.shape or (a.stride() == b.stride() and not inplace):
+        return out  # a broadcasting add was computed as `a + b` itself
     strides = tuple(a.stride()) if inplace else tuple(compute_elementwise_output_strides(a, b))
     if tuple(out.stride()) == strides:
         return out
@@ -263,6 +307,17 @@ def site_iadd(module: nn.Module, loc: int, a: Any, b: Any) -> Any:
         a += b
         return a
     return rt.add(scope, module, key, a, b, inplace=True)
+
+
+def site_view(module: nn.Module, value: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+    """``value.<name>(*args, **kwargs)`` in a rewritten forward; when ``value`` is the output of a
+    chain's latest site, the chain's window is re-viewed the same way (`CallScope.reviewed`)."""
+    result = getattr(value, name)(*args, **kwargs)
+    rt = runtime_of(module)
+    scope = rt.scope if rt is not None else None
+    if scope is not None and scope.heads and rt.tags is None and isinstance(value, Tensor):
+        scope.reviewed(value, result, lambda state: getattr(state, name)(*args, **kwargs))
+    return result
 
 
 _NO_RUNTIME = "no runtime"

@@ -1,93 +1,60 @@
 """Rewrite a module's ``forward`` source so its additions go through the site runtime.
 
-Every ``a + b``, ``torch.add(a, b)`` and ``x += b`` in the function body becomes a
-call ``__mhc_fx_add(self, LOC, a, b)`` (``LOC`` numbers the expression in the
-function), and the body is wrapped in a scope prologue/epilogue. The new function
-keeps the original's globals, closure (including ``__class__`` for zero-argument
-``super()``), defaults, annotations and signature, so the user's module keeps its
-call signature and output types. Decorators are kept by copying each wrapper in
-the ``__wrapped__`` chain with the wrapped function swapped in its closure.
+Every ``a + b``, ``x += b``, ``torch.add(a, b)``, ``torch.Tensor.add(a, b)``,
+``operator.add(a, b)``, ``a.add(b)`` and ``h.add_(b)`` (``h`` a local name) in the
+function body becomes a call of a site helper, ``__mhc_fx_add(self, LOC, a, b)``
+(``LOC`` numbers the expression in the function); an ``alpha=`` other than 1 scales
+the second operand (``a + alpha * b``), it is never dropped. ``h.add_(b)`` rebinds
+``h`` to the helper's result, like ``h += b``. The body is wrapped in a scope
+prologue/epilogue.
+
+The new function is compiled as Python would compile it in its class: private names
+(``self.__w``) are mangled with the class name. It keeps the original's globals,
+closure *cells* (shared, so a later rebinding by the defining scope is seen;
+``__class__`` too, for zero-argument ``super()``), defaults, annotations and
+signature, so the user's module keeps its call signature and output types.
+Decorators are kept by copying each wrapper with the wrapped function swapped in its
+closure: wrappers found through ``__wrapped__`` (``functools.wraps``), and wrappers
+without it that call a function of their closure with exactly their own arguments
+(``def wrapper(*args, **kwargs): return fn(*args, **kwargs)``).
 """
 
 from __future__ import annotations
 
 import ast
 import inspect
+import sys
 import textwrap
 import types
 from collections.abc import Callable
 
-ADD = "__mhc_fx_add"
-IADD = "__mhc_fx_iadd"
-CHECKPOINT = "__mhc_fx_checkpoint"
-ENTER = "__mhc_fx_enter"
-EXIT = "__mhc_fx_exit"
-TOKEN = "__mhc_fx_token"
-_FACTORY = "__mhc_fx_factory"
+import torch
+
+from . import wrappers
+from .codegen import RewriteError, compile_like, strip_annotations
+from .mangle import class_name, mangle_private_names
+from .names import Names, local_names
+from .rewriter import (  # noqa: F401  (the helper names are part of this module's interface)
+    ADD,
+    AT,
+    CALL,
+    CHECKPOINT,
+    ENTER,
+    EXIT,
+    HELPER_SELF,
+    IADD,
+    METHOD_ADD,
+    METHOD_IADD,
+    SCALE,
+    SUPER_CALL,
+    TOKEN,
+    VIEW,
+    VIEW_METHODS,
+    _AddRewriter,
+)
 
 
-class RewriteError(Exception):
-    """The source of a forward cannot be rewritten (no source, odd decorator, ...)."""
-
-
-class _AddRewriter(ast.NodeTransformer):
-    def __init__(self, self_name: str) -> None:
-        self.self_name = self_name
-        self.count = 0
-
-    def _call(self, helper: str, left: ast.expr, right: ast.expr) -> ast.Call:
-        loc = self.count
-        self.count += 1
-        args = [ast.Name(self.self_name, ast.Load()), ast.Constant(loc), left, right]
-        return ast.Call(ast.Name(helper, ast.Load()), args, [])
-
-    def visit_ClassDef(self, node: ast.ClassDef) -> ast.ClassDef:
-        return node  # a nested class has its own `self`
-
-    def visit_BinOp(self, node: ast.BinOp) -> ast.expr:
-        self.generic_visit(node)
-        if isinstance(node.op, ast.Add):
-            return ast.copy_location(self._call(ADD, node.left, node.right), node)
-        return node
-
-    def visit_Call(self, node: ast.Call) -> ast.expr:
-        self.generic_visit(node)
-        func = node.func
-        is_torch_add = (
-            isinstance(func, ast.Attribute)
-            and func.attr == "add"
-            and isinstance(func.value, ast.Name)
-            and func.value.id == "torch"
-        )
-        if is_torch_add and len(node.args) == 2 and not node.keywords:
-            return ast.copy_location(self._call(ADD, node.args[0], node.args[1]), node)
-        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-        if name == "checkpoint" and node.args:
-            # checkpoint(f, *args) -> __mhc_fx_checkpoint(self, checkpoint, f, *args): the runtime
-            # replays f's history on recompute (only for torch.utils.checkpoint.checkpoint).
-            args = [ast.Name(self.self_name, ast.Load()), func, *node.args]
-            return ast.copy_location(ast.Call(ast.Name(CHECKPOINT, ast.Load()), args, node.keywords), node)
-        return node
-
-    def visit_AugAssign(self, node: ast.AugAssign) -> ast.stmt:
-        self.generic_visit(node)
-        if isinstance(node.op, ast.Add) and isinstance(node.target, ast.Name):
-            target = node.target.id
-            value = self._call(IADD, ast.Name(target, ast.Load()), node.value)
-            return ast.copy_location(ast.Assign([ast.Name(target, ast.Store())], value), node)
-        return node
-
-
-def _strip_annotations(fdef: ast.FunctionDef) -> None:
-    # Annotations are copied from the original function object instead: evaluating
-    # them here could fail (postponed evaluation, TYPE_CHECKING-only names).
-    a = fdef.args
-    for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
-        if arg is not None:
-            arg.annotation = None
-    fdef.returns = None
-
-
+# -- parsing and the shared front end of rewrite / count / locations ----------------------------------------------
 def _parse(raw: types.FunctionType) -> ast.FunctionDef:
     try:
         source = textwrap.dedent(inspect.getsource(raw))
@@ -103,52 +70,123 @@ def _parse(raw: types.FunctionType) -> ast.FunctionDef:
     return tree.body[0]
 
 
+def _is_method(raw: types.FunctionType) -> bool:
+    parts = raw.__qualname__.split(".")
+    return len(parts) > 1 and parts[-2] != "<locals>"
+
+
+def _prepare(
+    raw: types.FunctionType, *, helper: bool = False, follow: bool = True
+) -> tuple[ast.FunctionDef, _AddRewriter]:
+    """Parse ``raw``, mangle its private names and rewrite its body's additions (the same numbering
+    for `rewrite_function`, `rewrite_helper` and `add_locations`); ``follow=False`` leaves calls alone."""
+    fdef = _parse(raw)
+    mangle_private_names(fdef, class_name(raw))
+    params = [*fdef.args.posonlyargs, *fdef.args.args]
+    if helper:
+        self_name = params[0].arg if params and _is_method(raw) else None
+    else:
+        self_name = params[0].arg if params else "self"
+    local = local_names(fdef)
+    rewriter = _AddRewriter(self_name, Names(raw, local), local, helper=helper, follow=followable if follow else None)
+    fdef.body = [rewriter.visit(stmt) for stmt in fdef.body]
+    rewriter.number_locations()
+    return fdef, rewriter
+
+
 def count_adds(fn: Callable) -> int:
-    """How many rewritable additions the innermost function of ``fn`` holds (0 if no source)."""
+    """How many rewritable additions the innermost function of ``fn`` holds itself (0 if no source)."""
     try:
-        fdef = _parse(inspect.unwrap(fn))
+        _, rewriter = _prepare(innermost(fn), follow=False)
     except RewriteError:
         return 0
-    rewriter = _AddRewriter("self")
-    rewriter.visit(fdef)
     return rewriter.count
 
 
+#: Modules whose functions are never followed: torch's own (its fused paths are not the model's
+#: code) and Python's standard library.
+_NOT_FOLLOWED = frozenset(sys.stdlib_module_names) | {"torch", "builtins"}
+_DIRECT_ADDS: dict[types.CodeType, int] = {}
+
+
+def own_code(fn: types.FunctionType) -> bool:
+    """A plain function of the model's own code: not torch's, not the standard library's, not a
+    decorator's wrapper (its wrapped function may be torch's or compiled)."""
+    top = (getattr(fn, "__module__", None) or "").split(".")[0]
+    return isinstance(fn, types.FunctionType) and top not in _NOT_FOLLOWED and not hasattr(fn, "__wrapped__")
+
+
+def followable(fn: types.FunctionType) -> bool:
+    """A function of the model's own code whose body holds additions: a rewritten forward follows
+    its calls of it by name (``dropout_add(...)``)."""
+    if not own_code(fn):
+        return False
+    code = fn.__code__
+    if code not in _DIRECT_ADDS:
+        try:
+            _DIRECT_ADDS[code] = _prepare(fn, helper=True, follow=False)[1].count
+        except RewriteError:
+            _DIRECT_ADDS[code] = 0
+    return _DIRECT_ADDS[code] > 0
+
+
+# -- the site helpers derived from ADD / IADD -------------------------------------------------------------------
+def _is_tensor_like(x) -> bool:
+    return isinstance(x, (torch.Tensor, torch.fx.Proxy))
+
+
+def _scale(alpha, b):
+    """The branch of ``torch.add(a, b, alpha=alpha)``: ``alpha * b`` (``b`` itself when alpha is 1)."""
+    if type(alpha) in (int, float, bool) and alpha == 1:
+        return b
+    return alpha * b
+
+
+def _derived_helpers(helpers: dict[str, Callable]) -> dict[str, Callable]:
+    add, iadd = helpers[ADD], helpers[IADD]
+
+    def method_add(module, loc, a, b, *alpha):
+        """``a.add(b[, alpha=k])``: a site add for tensors; any other object's own ``add``."""
+        if not _is_tensor_like(a):
+            return a.add(b, alpha=alpha[0]) if alpha else a.add(b)
+        return add(module, loc, a, _scale(alpha[0], b) if alpha else b)
+
+    def method_iadd(module, loc, a, b, *alpha):
+        """``h.add_(b[, alpha=k])``: ``h += b`` for tensors (in place unless a site); returns what
+        ``h`` is rebound to."""
+        if not _is_tensor_like(a):
+            if alpha:
+                a.add_(b, alpha=alpha[0])
+            else:
+                a.add_(b)
+            return a
+        return iadd(module, loc, a, _scale(alpha[0], b) if alpha else b)
+
+    return {METHOD_ADD: method_add, METHOD_IADD: method_iadd, SCALE: _scale}
+
+
+# -- building the new function ----------------------------------------------------------------------------------
 def _rewrite_raw(raw: types.FunctionType, helpers: dict[str, Callable]) -> types.FunctionType:
-    fdef = _parse(raw)
+    fdef, rewriter = _prepare(raw)
     fdef.decorator_list = []
-    _strip_annotations(fdef)
+    strip_annotations(fdef)
     params = [*fdef.args.posonlyargs, *fdef.args.args]
     if not params:
+        if raw.__code__.co_flags & inspect.CO_VARARGS:
+            raise RewriteError(
+                f"the forward is {raw.__qualname__}(*args, ...), a decorator's wrapper without functools.wraps "
+                "whose wrapped function mhc_fx cannot find (it is no closure variable the wrapper calls with "
+                "exactly its own arguments); decorate the wrapper with functools.wraps(fn)"
+            )
         raise RewriteError(f"{raw.__qualname__} takes no `self` argument")
-    self_name = params[0].arg
-    rewriter = _AddRewriter(self_name)
-    fdef.body = [rewriter.visit(stmt) for stmt in fdef.body]
+    self_name = rewriter.self_name
     enter = ast.Assign(
         [ast.Name(TOKEN, ast.Store())],
         ast.Call(ast.Name(ENTER, ast.Load()), [ast.Name(self_name, ast.Load())], []),
     )
     exit_call = ast.Call(ast.Name(EXIT, ast.Load()), [ast.Name(self_name, ast.Load()), ast.Name(TOKEN, ast.Load())], [])
     fdef.body = [enter, ast.Try(body=fdef.body, handlers=[], orelse=[], finalbody=[ast.Expr(exit_call)])]
-
-    freevars = list(raw.__code__.co_freevars)
-    factory_args = [ast.arg(name) for name in [*freevars, *helpers]]
-    factory = ast.FunctionDef(
-        name=_FACTORY,
-        args=ast.arguments(posonlyargs=[], args=factory_args, kwonlyargs=[], kw_defaults=[], defaults=[]),
-        body=[fdef, ast.Return(ast.Name(fdef.name, ast.Load()))],
-        decorator_list=[],
-        type_params=[],
-    )
-    module = ast.fix_missing_locations(ast.Module(body=[factory], type_ignores=[]))
-    namespace: dict = {}
-    exec(compile(module, raw.__code__.co_filename, "exec"), raw.__globals__, namespace)
-    try:
-        cells = [cell.cell_contents for cell in (raw.__closure__ or ())]
-    except ValueError:
-        raise RewriteError(f"{raw.__qualname__} has an empty closure cell") from None
-    new = namespace[_FACTORY](*cells, *helpers.values())
-    new.__defaults__ = raw.__defaults__
+    new = compile_like(fdef, raw, {**helpers, **_derived_helpers(helpers)})
     new.__kwdefaults__ = raw.__kwdefaults__
     new.__annotations__ = dict(getattr(raw, "__annotations__", {}))
     new.__qualname__ = raw.__qualname__
@@ -157,77 +195,88 @@ def _rewrite_raw(raw: types.FunctionType, helpers: dict[str, Callable]) -> types
     return new
 
 
-def _rewrap(wrapper: types.FunctionType, old_inner: Callable, new_inner: Callable) -> types.FunctionType:
-    cells = list(wrapper.__closure__ or ())
-    hits = [i for i, cell in enumerate(cells) if _cell_value(cell) is old_inner]
-    if not hits:
-        raise RewriteError(
-            f"decorator {wrapper.__qualname__} does not hold the function it wraps in its closure; cannot re-wrap"
-        )
-    for i in hits:
-        cells[i] = types.CellType(new_inner)
-    new = types.FunctionType(
-        wrapper.__code__, wrapper.__globals__, wrapper.__name__, wrapper.__defaults__, tuple(cells)
-    )
-    new.__kwdefaults__ = wrapper.__kwdefaults__
-    new.__dict__.update(wrapper.__dict__)
-    new.__wrapped__ = new_inner
-    new.__qualname__ = wrapper.__qualname__
-    new.__doc__ = wrapper.__doc__
-    new.__module__ = wrapper.__module__
+def rewrite_helper(raw: types.FunctionType, helpers: dict[str, Callable]) -> types.FunctionType | None:
+    """A copy of ``raw`` (a function a rewritten forward calls) that takes ``(module, at, *raw's
+    parameters)`` and whose additions call ``helpers`` at locations ``at + (loc,)``, keyed under
+    ``module``'s path; its own calls of helpers are followed the same way. None when ``raw`` holds
+    nothing to rewrite. Raises `RewriteError` when its source cannot be rewritten."""
+    fdef, rewriter = _prepare(raw, helper=True)
+    if rewriter.count == 0:
+        return None
+    fdef.decorator_list = []
+    strip_annotations(fdef)
+    fdef.args.posonlyargs = [ast.arg(HELPER_SELF), ast.arg(AT), *fdef.args.posonlyargs]
+    new = compile_like(fdef, raw, {**helpers, **_derived_helpers(helpers)})
+    new.__kwdefaults__ = raw.__kwdefaults__
+    new.__qualname__ = raw.__qualname__
+    new.__module__ = raw.__module__
     return new
 
 
-def _cell_value(cell: types.CellType):
+# -- decorators -----------------------------------------------------------------------------------------------
+def _source_of(f: types.FunctionType) -> ast.FunctionDef | None:
     try:
-        return cell.cell_contents
-    except ValueError:
+        return _parse(f)
+    except RewriteError:
         return None
+
+
+def _holds_additions(f: types.FunctionType, fdef: ast.FunctionDef) -> bool:
+    rewriter = _AddRewriter("self", Names(f, local_names(fdef)))
+    for stmt in fdef.body:
+        rewriter.visit(stmt)
+    return rewriter.count > 0
+
+
+def _unwrap_chain(fn: Callable) -> list:
+    return wrappers.unwrap_chain(fn, _source_of, _holds_additions)
+
+
+def innermost(fn: Callable) -> Callable:
+    """The function `rewrite_function` rewrites for ``fn``: through ``functools.wraps`` and plain passthrough
+    wrappers to the function that holds the forward's code."""
+    return _unwrap_chain(fn)[-1]
 
 
 def rewrite_function(fn: Callable, helpers: dict[str, Callable]) -> types.FunctionType:
     """A copy of ``fn`` (possibly decorated) whose additions call ``helpers``.
 
-    ``helpers`` maps the names `ADD`, `IADD`, `CHECKPOINT`, `ENTER`, `EXIT` to the runtime's functions.
+    ``helpers`` maps the names `ADD`, `IADD`, `VIEW`, `CHECKPOINT`, `ENTER`, `EXIT` to the runtime's functions.
     Raises `RewriteError` when the source is unavailable or a decorator cannot be re-wrapped.
     """
-    chain = [fn]
-    while hasattr(chain[-1], "__wrapped__"):
-        chain.append(chain[-1].__wrapped__)
+    chain = _unwrap_chain(fn)
     if not all(isinstance(f, types.FunctionType) for f in chain):
         raise RewriteError(f"{getattr(fn, '__qualname__', fn)!r} is not a plain Python function")
     new = _rewrite_raw(chain[-1], helpers)
     for wrapper, old_inner in zip(reversed(chain[:-1]), reversed(chain[1:])):
-        new = _rewrap(wrapper, old_inner, new)
+        try:
+            new = wrappers.rewrap(wrapper, old_inner, new)
+        except ValueError as exc:
+            raise RewriteError(str(exc)) from None
     return new
 
 
-def add_locations(fn: Callable) -> list[tuple[int, int, int, str]]:
+def add_locations(fn: Callable, calls: bool = False) -> list[tuple[int, int, int, str]]:
     """Where the rewritable additions of ``fn`` (its innermost function) are, numbered as `rewrite_function`
     numbers them: ``[(loc, lineno, col, text)]`` sorted by ``loc``. ``lineno`` is the line in ``fn``'s file,
     ``col`` the character column of the addition's first character in that line and ``text`` its source
-    (an ``x += y`` statement for `IADD`). Empty when ``fn`` has no source."""
-    raw = inspect.unwrap(fn)
+    (an ``x += y`` statement for `IADD`). With ``calls=True`` the followed calls of helpers (whose
+    additions are located ``(call loc, add loc)``) are listed too. Empty when ``fn`` has no source."""
+    raw = innermost(fn)
     try:
-        fdef = _parse(raw)
+        _, rewriter = _prepare(raw)
         lines, first = inspect.getsourcelines(raw)
     except (RewriteError, OSError, TypeError):
         return []
     dedented = textwrap.dedent("".join(lines))
     indent = len(lines[0]) - len(dedented.splitlines(keepends=True)[0])
     padded = "\n" * (first - 1) + dedented  # line numbers as in the file, columns as in the parsed source
-    _AddRewriter("self").visit(fdef)
     out = []
-    for node in ast.walk(fdef):
-        # `a + b` / `torch.add` become located ADD calls; `x += b` becomes `x = IADD(...)` located at the statement.
-        call = node.value if isinstance(node, ast.Assign) else node
-        helper = IADD if isinstance(node, ast.Assign) else ADD
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == helper):
-            continue
-        if getattr(node, "lineno", None) is None:
+    for loc, node in rewriter.located:
+        if getattr(node, "lineno", None) is None or (loc in rewriter.calls and not calls):
             continue
         text = ast.get_source_segment(padded, node) or ""
         line = padded.splitlines()[node.lineno - 1].encode()
         col = indent + len(line[: node.col_offset].decode(errors="ignore"))
-        out.append((call.args[1].value, node.lineno, col, text))
+        out.append((loc, node.lineno, col, text))
     return sorted(out)
