@@ -1,0 +1,20 @@
+"""The `mhc` package's named presets: dicts of its `MHCConfig` fields."""
+
+from __future__ import annotations
+
+_PRESETS: dict[str, dict] = {
+    "stable": {"mode": "mhc", "constraint": "identity", "epsilon": 0.1, "temperature": 1.0, "init": "identity"},
+    "aggressive": {"mode": "mhc", "constraint": "simplex", "epsilon": 0.0, "temperature": 0.7, "init": "uniform"},
+    "research": {"mode": "mhc", "constraint": "simplex", "epsilon": 0.05, "temperature": 1.0, "init": "uniform"},
+}
+
+
+def get_preset(name: str) -> dict:
+    """A copy of the preset ``name`` (``"stable"``, ``"aggressive"``, ``"research"``; any case).
+
+    The values are the package's. ``init`` is the package's option: mhc_fx's layers start at the
+    exact identity and do not take it, so drop it before ``MHCSkip(**preset)``
+    (docs/migrating.md)."""
+    if not isinstance(name, str) or name.lower() not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(_PRESETS)}")
+    return dict(_PRESETS[name.lower()])
