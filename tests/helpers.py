@@ -158,3 +158,16 @@ def chains(report) -> tuple[int, ...]:
 
 def reasons(report) -> list[str]:
     return [s.reason for s in report.skipped]
+
+
+def assert_compiles_like_eager(model: nn.Module, x: torch.Tensor, want: torch.Tensor, atol: float) -> None:
+    """``model`` has no graph break, compiles with ``backend="mhc"`` (fullgraph) to ``want`` on ``x``,
+    and runs another input of the same shape without recompiling (fresh Dynamo state)."""
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="mhc", fullgraph=True)
+    torch.testing.assert_close(compiled(x), want, rtol=1e-5, atol=atol)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        torch.testing.assert_close(compiled(x + 1), model(x + 1), rtol=1e-5, atol=atol)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mhc_fx
-from tests.helpers import assert_exact, chains, perturb_mixing, reasons
+from tests.helpers import assert_compiles_like_eager, assert_exact, chains, perturb_mixing, reasons
 from tests.models.zoo import BasicBlock, IdentityShortcutBlock, ResNetCNN, ResNetIdentityShortcut
 
 
@@ -66,14 +66,7 @@ def test_mixing_through_the_maps_matches_a_hand_written_reference_and_compiles()
     assert alpha.shape == (3,) and (alpha[:2] != 0).any()
     want = branch + sum(a * s for a, s in zip(alpha, [*mapped, shortcut]))
     torch.testing.assert_close(seen["out"], F.relu(want), rtol=1e-5, atol=1e-6)
-    torch._dynamo.reset()
-    explanation = torch._dynamo.explain(converted)(X)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    torch._dynamo.reset()
-    compiled = torch.compile(converted, backend="mhc", fullgraph=True)
-    torch.testing.assert_close(compiled(X), out, rtol=1e-5, atol=1e-5)
-    with torch.compiler.set_stance("fail_on_recompile"):
-        torch.testing.assert_close(compiled(X + 1), converted(X + 1), rtol=1e-5, atol=1e-5)
+    assert_compiles_like_eager(converted, X, out, atol=1e-5)
 
 
 def test_gradients_through_the_maps_match_finite_differences():

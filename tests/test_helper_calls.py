@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mhc_fx
-from tests.helpers import assert_exact, chains, perturb_mixing
+from tests.helpers import assert_compiles_like_eager, assert_exact, chains, perturb_mixing
 
 DIM = 8
 
@@ -114,14 +114,7 @@ def test_followed_sites_mix_and_compile_like_eager(kind):
     x = torch.randn(4, DIM)
     want = converted(x)
     assert not torch.allclose(want, stack(kind)(x))  # the perturbed weights really mix
-    torch._dynamo.reset()
-    explanation = torch._dynamo.explain(converted)(x)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    torch._dynamo.reset()
-    compiled = torch.compile(converted, backend="mhc", fullgraph=True)
-    torch.testing.assert_close(compiled(x), want, rtol=1e-5, atol=1e-6)
-    with torch.compiler.set_stance("fail_on_recompile"):
-        torch.testing.assert_close(compiled(x + 1), converted(x + 1), rtol=1e-5, atol=1e-6)
+    assert_compiles_like_eager(converted, x, want, atol=1e-6)
 
 
 def test_followed_sites_have_gradients_like_a_float64_reference():
