@@ -9,6 +9,7 @@ Public names:
     mixing_weights, inject_mhc     the projected weights per site; seed-compatible scoped convert
     from_pretrained, is_converted  reload a converted Hugging Face checkpoint; test for a converted model
     plot_weights, show_rewrite,    inspection: alpha heat map, the rewrite before/after,
+    plot_streams                   the H_res / H_pre / H_post of n-stream sites,
     history_contributions, gradient_flow, WeightLogger (+ plot_*)   per-site contributions, gradients, alpha log
 """
 
@@ -21,6 +22,7 @@ from .inspect import (
     history_contributions,
     plot_contributions,
     plot_gradient_flow,
+    plot_streams,
     plot_weights,
     show_rewrite,
 )
@@ -53,6 +55,7 @@ __all__ = [
     "mixing_weights",
     "plot_contributions",
     "plot_gradient_flow",
+    "plot_streams",
     "plot_weights",
     "projections",
     "show_rewrite",

@@ -12,12 +12,12 @@ import dataclasses
 import math
 from typing import Any
 
-MODES = ("residual", "hc", "mhc")
-CONSTRAINTS = ("simplex", "identity")
+from . import modes, stream_modes
+from .modes import HC_INIT_GAP  # noqa: F401  (re-exported: the hc init's offset)
 
-#: Offset of the older logits below the latest one in ``hc`` mode at init
-#: (divided by the temperature: softmax sees ``-HC_INIT_GAP`` for older states).
-HC_INIT_GAP = 4.0
+#: The names ``mode=`` accepts, one per `modes.Mode`.
+MODES = tuple(modes.MODES)
+CONSTRAINTS = ("simplex", "identity")
 
 CONFIG_VERSION = 1
 
@@ -43,7 +43,7 @@ class MHCConfig:
     Attributes:
         mode: ``"residual"`` (plain add), ``"hc"`` (softmax mixing) or ``"mhc"``
             (exact projection onto the simplex).
-        max_history: H, the most streams a site mixes (its window is ``min(i, H)``).
+        max_history: H, the most states a site mixes (its window is ``min(i, H)``).
         constraint: for ``mhc``: ``"simplex"`` or ``"identity"`` (the latest state
             keeps at least ``epsilon``).
         epsilon: the floor of the ``identity`` constraint, in ``[0, 1)``.
@@ -56,6 +56,10 @@ class MHCConfig:
             learned projection instead of starting a new chain.
         check_finite: raise (naming the site) when a mixing weight or a history state
             is not finite; a debugging aid: it syncs with the device at every site.
+        streams: n; with n >= 2 (modes ``hc`` and ``mhc``) every chain that can carry them
+            holds n parallel residual streams (DeepSeek's mHC, `stream_modes`) instead of a
+            history window; 1 (the default) mixes a window of the last H states.
+        sinkhorn_iters: the fixed number of Sinkhorn-Knopp iterations of ``mhc`` with streams.
     """
 
     mode: str = "mhc"
@@ -67,6 +71,8 @@ class MHCConfig:
     detach_history: bool = False
     auto_project: bool = False
     check_finite: bool = False
+    streams: int = 1
+    sinkhorn_iters: int = 20
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, str) or self.mode not in MODES:
@@ -77,6 +83,10 @@ class MHCConfig:
             raise TypeError(f"max_history must be an int >= 1, got {self.max_history!r}")
         if self.max_history < 1:
             raise ValueError(f"max_history must be an int >= 1, got {self.max_history!r}")
+        for name in ("streams", "sinkhorn_iters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         epsilon = _check_real("epsilon", self.epsilon)
         if not 0.0 <= epsilon < 1.0:
             raise ValueError(f"epsilon must lie in [0, 1), got {self.epsilon!r}")
@@ -85,15 +95,26 @@ class MHCConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         for name in ("stochastic", "detach_history", "auto_project", "check_finite"):
             _check_bool(name, getattr(self, name))
-        if self.stochastic and self.mode == "residual":
-            raise ValueError("stochastic=True needs mode 'hc' or 'mhc'; mode 'residual' has no weights to sample")
+        self.site_mode.validate(self)
+        if self.stream_mode is not None:
+            self.stream_mode.validate(self)
         object.__setattr__(self, "epsilon", epsilon)
         object.__setattr__(self, "temperature", temperature)
 
     @property
+    def site_mode(self) -> modes.Mode:
+        """The mode object: how every site mixes (its parameters, weights and site computation)."""
+        return modes.MODES[self.mode]
+
+    @property
+    def stream_mode(self) -> modes.Mode | None:
+        """The n-stream mode of the chains that carry streams, or None when ``streams == 1``."""
+        return stream_modes.for_options(self.mode, self.streams)
+
+    @property
     def floor(self) -> float | None:
         """The identity floor on the latest weight, or None when there is none."""
-        return self.epsilon if (self.mode == "mhc" and self.constraint == "identity") else None
+        return self.site_mode.floor(self)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable record of this config (with a format version)."""

@@ -36,14 +36,19 @@ def _entropy(alpha: torch.Tensor) -> float:
 
 
 # -- plotting helpers ------------------------------------------------------------------------------------------
-def _axes(ax, figsize):
-    """(figure, axes): ``ax`` and its figure, or a new figure that pyplot does not keep open (so a notebook
-    shows it once, as the cell's value, and loops do not pile figures up)."""
+def _pyplot():
     try:
         import matplotlib  # noqa: F401  (first: a cached matplotlib.pyplot would hide a blocked matplotlib)
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ImportError(f"mhc_fx plotting needs matplotlib, which is not installed: {PLOT_EXTRA}") from exc
+    return plt
+
+
+def _axes(ax, figsize):
+    """(figure, axes): ``ax`` and its figure, or a new figure that pyplot does not keep open (so a notebook
+    shows it once, as the cell's value, and loops do not pile figures up)."""
+    plt = _pyplot()
     if ax is not None:
         return ax.figure, ax
     fig, ax = plt.subplots(figsize=figsize, layout="constrained")
@@ -80,8 +85,39 @@ def plot_weights(model, ax=None):
     """Heat map of α: one row per site in execution order, one column per history state, the latest state
     rightmost (``t``), older ones to its left (``t-1`` …), blank where a site mixes fewer states. Returns
     the matplotlib Figure (drawn on ``ax`` when given). Values are `mhc_fx.mixing_weights(model)`."""
-    rows = {name: a.float().cpu().tolist() for name, a in mixing_weights(_converted(model)).items()}
+    rows = {name: a.float().cpu().tolist() for name, a in _alphas(_converted(model)).items()}
     return _heatmap(rows, ax, title="mixing weights α per site", label="α", vmin=0.0, vmax=1.0)
+
+
+def _alphas(model) -> dict:
+    """`mixing_weights` of the history sites (a stream site's maps are `plot_streams`' business)."""
+    return {name: a for name, a in mixing_weights(model).items() if isinstance(a, torch.Tensor)}
+
+
+def plot_streams(model, max_sites: int = 12):
+    """The static H_res (n × n, row k: from stream k) of up to ``max_sites`` n-stream sites in execution
+    order, one heat map each, with H_pre and H_post in the title. Returns the matplotlib Figure."""
+    plt = _pyplot()
+    maps = {n: m for n, m in mixing_weights(_converted(model)).items() if isinstance(m, dict)}
+    if not maps:
+        raise ValueError("the model has no n-stream site: convert it with streams=n (n >= 2)")
+    names = list(maps)[:max_sites]
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        m = maps[name]
+        ax.imshow(m["res"].float().cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+        pre = " ".join(f"{v:.2f}" for v in m["pre"].tolist())
+        post = " ".join(f"{v:.2f}" for v in m["post"].tolist())
+        ax.set_title(f"{name}\npre {pre}\npost {post}", fontsize=7)
+        ax.set_xlabel("to stream")
+        ax.set_ylabel("from stream")
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
 
 
 def plot_contributions(contributions: dict[str, list[float]], ax=None):
@@ -127,12 +163,13 @@ class RewriteView:
         return f'<pre style="font-size:12px;line-height:1.3">{body}</pre>'
 
 
-def _after(spec, mode: str) -> str:
+def _after(spec, config) -> str:
+    if spec.streams:
+        return config.stream_mode.describe(spec.window)
+    mode = config.site_mode
     if spec.window == 1:
         return "y = s + b (K = 1: first site of its chain, a plain add)"
-    if mode == "residual":
-        return "y = s + b (residual mode)"
-    return f"y = b + Σ α_k s_k over the chain's last {spec.window} states"
+    return mode.describe(spec.window)
 
 
 def _group_adds(model: nn.Module, runtime) -> tuple[dict, list]:
@@ -162,7 +199,7 @@ def _group_adds(model: nn.Module, runtime) -> tuple[dict, list]:
     return groups, unplaced
 
 
-def _forward_lines(cls: type, group: dict, mode: str) -> list[tuple[str, str]]:
+def _forward_lines(cls: type, group: dict, config) -> list[tuple[str, str]]:
     fn = innermost(cls.forward)  # through functools.wraps and plain passthrough wrappers
     paths = ", ".join(p or "(root)" for p in group["paths"])
     try:
@@ -187,7 +224,7 @@ def _forward_lines(cls: type, group: dict, mode: str) -> list[tuple[str, str]]:
             for spec in group["sites"].get(loc, []):
                 where = f"add#{format_loc(spec.key[1])} → {spec.name}"
                 info = f"{where}  chain {spec.chain}, pos {spec.position}, K={spec.window}"
-                out.append(("site", f"{pad}{info}: {_after(spec, mode)}"))
+                out.append(("site", f"{pad}{info}: {_after(spec, config)}"))
             for reason in dict.fromkeys(group["skipped"].get(loc, [])):
                 out.append(("skip", f"{pad}add#{loc} not a site: {reason}"))
     return out
@@ -201,10 +238,11 @@ def show_rewrite(model) -> RewriteView:
     runtime = model.__dict__[RUNTIME]
     report, (groups, unplaced) = runtime.report, _group_adds(model, runtime)
     c = report.config
+    window = f"streams={c.streams}" if c.streams > 1 else f"max_history={c.max_history}"
     title = f"mhc_fx rewrite of {report.model}: {len(report.sites)} sites in {len(report.chains)} chains"
-    lines = [("head", f"{title} (mode={c.mode}, max_history={c.max_history}); → now a site, · left as it is")]
+    lines = [("head", f"{title} (mode={c.mode}, {window}); → now a site, · left as it is")]
     for cls, group in groups.items():
-        lines += _forward_lines(cls, group, report.config.mode)
+        lines += _forward_lines(cls, group, report.config)
     if unplaced:
         lines += [("head", ""), ("head", "other additions left as they are:")]
         lines += [("skip", f"  {s.where}: {s.reason}") for s in unplaced]
@@ -220,6 +258,8 @@ def _recording(runtime):
 
     def mix_site(scope, site, training, a, b):
         out = original(scope, site, training, a, b)
+        if site.streams:  # no window to record
+            return out
         records.append((site, list(scope.histories[site.chain][-site.window :]), out))
         return out
 
@@ -237,7 +277,7 @@ def history_contributions(model, *args, **kwargs) -> dict[str, list[float]]:
     batch) on one forward ``model(*args, **kwargs)`` in eval mode without gradients (modes are restored);
     α as `mixing_weights` gives it."""
     model = _converted(model)
-    alphas = mixing_weights(model)
+    alphas = _alphas(model)
     modes = {m: m.training for m in model.modules()}
     try:
         with _recording(model.__dict__[RUNTIME]) as records, torch.no_grad():
@@ -272,7 +312,8 @@ def gradient_flow(model, *args, loss_fn=None, **kwargs) -> dict[str, dict]:
     model = _converted(model)
     specs = list(model.__dict__[RUNTIME].sites.values())
     if not args and not kwargs:
-        grad = {s.name: s.holder._parameters[s.attr].grad if s.holder is not None else None for s in specs}
+        history = [s for s in specs if not s.streams]
+        grad = {s.name: s.holder._parameters[s.attr].grad if s.holder is not None else None for s in history}
         return {n: {"logits": _norm(g), "output": None, "states": None} for n, g in grad.items()}
     with _recording(model.__dict__[RUNTIME]) as records:
         loss = (loss_fn or _default_loss)(model(*args, **kwargs))
@@ -280,7 +321,7 @@ def gradient_flow(model, *args, loss_fn=None, **kwargs) -> dict[str, dict]:
     params = [p for p in params if p.requires_grad]
     outputs = [out for _, _, out in records if out.requires_grad]
     grads = dict(zip(map(id, params + outputs), torch.autograd.grad(loss, params + outputs, allow_unused=True)))
-    alphas, detach = mixing_weights(model), model.__dict__[RUNTIME].config.detach_history
+    alphas, detach = _alphas(model), model.__dict__[RUNTIME].config.detach_history
     flow = {}
     for site, _, out in records:
         norm = _norm(grads.get(id(out))) or 0.0
@@ -317,7 +358,7 @@ class WeightLogger:
         self._calls += 1
         if (self._calls - 1) % self.every:
             return None
-        alphas = mixing_weights(_converted(self.model))
+        alphas = _alphas(_converted(self.model))
         record = {
             "step": self._calls - 1 if step is None else step,
             "alpha": {name: a.float().cpu().tolist() for name, a in alphas.items()},

@@ -17,28 +17,21 @@ walk the states, with nothing left to launch after them (`mhc_fx.site_mix`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .config import MHCConfig
-from .projections import (
-    _compute_dtype,
-    _gumbel_softmax_with,
-    _temperature_like,
-    _weights_on_support,
-    floored_radius,
-    scaled_logits,
-    simplex_support,
-    simplex_threshold,
-    softmax,
-)
+from .projections import _gumbel_softmax_with, _weights_on_support, floored_radius, simplex_support, simplex_threshold
+
+if TYPE_CHECKING:
+    from .config import MHCConfig
 
 #: ``v -> J^T v`` over K component tensors.
 TransposedJacobian = Callable[[list[Tensor]], list[Tensor]]
 
 
-def _simplex(t: Tensor, radius) -> TransposedJacobian:
+def simplex_jt(t: Tensor, radius) -> TransposedJacobian:
     """J^T of the projection onto the radius-``radius`` simplex at ``t`` (``[K]``)."""
     support = simplex_support(t, radius)
     size, tau = simplex_threshold(t, support, radius)
@@ -53,14 +46,14 @@ def _simplex(t: Tensor, radius) -> TransposedJacobian:
     return apply
 
 
-def _floored_simplex(t: Tensor, epsilon: float) -> TransposedJacobian:
+def floored_simplex_jt(t: Tensor, epsilon: float) -> TransposedJacobian:
     """J^T of `project_floored_simplex` at ``t``: beta = P_{1-eps}(t - eps e_last),
     alpha = (beta_older, max(1 - sum beta_older, eps))."""
     radius = floored_radius(t, epsilon)
     shifted = torch.cat([t[:-1], t[-1:] - epsilon])
     beta = _weights_on_support(shifted, simplex_support(shifted, radius), radius)
     last_passes = (1.0 - beta[:-1].sum()) >= epsilon
-    inner = _simplex(shifted, radius)
+    inner = simplex_jt(shifted, radius)
 
     def apply(v: list[Tensor]) -> list[Tensor]:
         through_last = torch.where(last_passes, v[-1], 0.0)
@@ -69,7 +62,7 @@ def _floored_simplex(t: Tensor, epsilon: float) -> TransposedJacobian:
     return apply
 
 
-def _softmax(probs: Tensor, scale) -> TransposedJacobian:
+def softmax_jt(probs: Tensor, scale) -> TransposedJacobian:
     """J^T of ``probs = softmax(x / scale)`` (with respect to x)."""
 
     def apply(v: list[Tensor]) -> list[Tensor]:
@@ -79,10 +72,10 @@ def _softmax(probs: Tensor, scale) -> TransposedJacobian:
     return apply
 
 
-def _gumbel_softmax(p: Tensor, noise: Tensor, temperature: float) -> TransposedJacobian:
+def gumbel_softmax_jt(p: Tensor, noise: Tensor, temperature: float) -> TransposedJacobian:
     """J^T of ``softmax((log p + noise) / T)`` with respect to p (exact zeros of p get none)."""
     tiny = torch.finfo(p.dtype).tiny
-    sample = _softmax(_gumbel_softmax_with(p, noise, temperature), temperature)
+    sample = softmax_jt(_gumbel_softmax_with(p, noise, temperature), temperature)
     live = (p > 0) & (p >= tiny)  # where log's and clamp_min's gradients pass
     clamped = p.clamp_min(tiny)
 
@@ -96,23 +89,9 @@ def transposed_jacobian(theta: Tensor, config: MHCConfig, noise: Tensor | None =
     """``v -> J^T v`` for ``alpha = project_logits(theta, config, noise)``, theta of shape ``[K]``.
 
     The returned function maps K component tensors (the cotangent of alpha, element by
-    element) to K tensors (the cotangent of theta). ``residual`` has no logits to
-    differentiate and is refused.
+    element) to K tensors (the cotangent of theta). Composed by the config's mode
+    (`modes.Mode.transposed_jacobian`); ``residual`` has no logits to differentiate and is refused.
     """
     if theta.dim() != 1:
         raise ValueError(f"theta must have shape [K], got {tuple(theta.shape)}")
-    if config.mode == "residual":
-        raise ValueError("mode 'residual' has constant weights: there is no Jacobian to take")
-    theta = theta.detach()
-    if config.mode == "hc":
-        alpha = softmax(theta / config.temperature)
-        outer = _softmax(alpha.to(_compute_dtype(theta)), config.temperature)
-        if noise is None:
-            return outer
-        inner = _gumbel_softmax(alpha.to(noise.dtype), noise, config.temperature)
-        return lambda v: outer(inner(v))
-    scaled = scaled_logits(theta, config, noise)
-    t = scaled.to(_compute_dtype(scaled))
-    project = _simplex(t, 1.0) if config.floor is None else _floored_simplex(t, config.floor)
-    temperature = _temperature_like(theta, config)
-    return lambda v: [g / temperature for g in project(v)]
+    return config.site_mode.transposed_jacobian(theta, config, noise)

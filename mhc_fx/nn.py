@@ -17,9 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import MHCConfig
-from .ops import mix
-from .projections import draw_noise, initial_logits, mixing_weights
-from .site_mix import site_mix
+from .projections import mixing_weights
 
 # Options of the `mhc` package that mhc_fx deliberately does not carry, and why.
 _SEED_ONLY = {
@@ -35,7 +33,10 @@ def _reject_seed_only(owner: str, kwargs: dict) -> None:
     for name in kwargs:
         reason = _SEED_ONLY.get(name)
         if reason is not None:
-            raise TypeError(f"{owner}: argument {name!r} of the mhc package is not supported: {reason}")
+            raise TypeError(
+                f"{owner}: argument {name!r} of the mhc package is not supported: {reason} "
+                f"(mhc_fx.compat.{owner} takes the package's options)"
+            )
         raise TypeError(f"{owner}: unexpected keyword argument {name!r}")
 
 
@@ -108,8 +109,8 @@ class MHCSkip(nn.Module):
             detach_history=detach_history,
             auto_project=auto_project,
         )
-        logits = initial_logits(self.config, max_history)
-        self.mixing_logits = nn.Parameter(logits) if mode != "residual" else None
+        mode = self.config.site_mode
+        self.mixing_logits = nn.Parameter(mode.initial_logits(self.config, max_history)) if mode.learns else None
         self.projections = nn.ModuleDict()
 
     @property
@@ -150,14 +151,13 @@ class MHCSkip(nn.Module):
         if not window:
             return x
         window = [self._to_branch_shape(s, x, k) for k, s in enumerate(window)]
-        if self.config.mode == "residual":
-            return x + window[-1]
+        mode = self.config.site_mode
+        if not mode.learns:
+            return mode.site(x, window, None, self.config, None)
         if self.config.detach_history:
             window = [s.detach() for s in window[:-1]] + window[-1:]
-        if self.mixing_logits is None:
-            return mix(x, window, self.weights(len(window)))
         theta = self.mixing_logits[-len(window) :]
-        return site_mix(x, window, theta, self.config, draw_noise(theta, self.config, training=self.training))
+        return mode.site(x, window, theta, self.config, mode.draw_noise(theta, self.config, training=self.training))
 
 
 class MHCSequential(nn.Module):

@@ -15,10 +15,14 @@ init ``theta = e_last`` (older entries exactly on the threshold) return
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from .config import HC_INIT_GAP, MHCConfig
 from .ops import gumbel_from_uniform, gumbel_noise
+
+if TYPE_CHECKING:
+    from .config import MHCConfig
 
 _METHODS = ("auto", "sort", "pairwise")
 #: Largest K for which ``method="auto"`` picks the sort-free O(K^2) form.
@@ -217,19 +221,15 @@ def sinkhorn(
 
 
 def initial_logits(config: MHCConfig, k: int) -> torch.Tensor:
-    """The logits a site of window ``k`` starts from (float32, shape ``[k]``).
+    """The logits a site of window ``k`` starts from (float32, shape ``[k]``; the config's mode
+    decides, `modes.Mode.initial_logits`).
 
     ``mhc`` and ``residual``: ``temperature * e_last``, so the projection of
     ``theta / temperature = e_last`` is exactly ``e_last`` with the older entries on
     the tie (live gradient). ``hc``: the latest logit ``HC_INIT_GAP * temperature``
     above the others, close to the identity.
     """
-    theta = torch.zeros(k, dtype=torch.float32)
-    if config.mode == "hc":
-        theta[:-1] = -HC_INIT_GAP * config.temperature
-    else:
-        theta[-1] = config.temperature
-    return theta
+    return config.site_mode.initial_logits(config, k)
 
 
 def mixing_weights(
@@ -257,9 +257,7 @@ def draw_noise(
 ) -> torch.Tensor | None:
     """The standard Gumbel noise a stochastic site draws in training (shaped like ``theta``,
     in its compute dtype), or None when the site is deterministic."""
-    if not (config.stochastic and training) or config.mode == "residual":
-        return None
-    return _gumbel_like(theta.detach().to(_compute_dtype(theta)), generator)
+    return config.site_mode.draw_noise(theta, config, training=training, generator=generator)
 
 
 def scaled_logits(theta: torch.Tensor, config: MHCConfig, noise: torch.Tensor | None) -> torch.Tensor:
@@ -284,18 +282,6 @@ def _temperature_like(theta: torch.Tensor, config: MHCConfig) -> torch.Tensor:
 
 
 def project_logits(theta: torch.Tensor, config: MHCConfig, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """alpha for logits ``theta`` and the noise `draw_noise` gave (None: deterministic)."""
-    if config.mode == "residual":
-        alpha = torch.zeros_like(theta)
-        alpha[..., -1] = 1.0
-        return alpha
-    if config.mode == "hc":
-        alpha = softmax(theta / config.temperature)
-        if noise is None:
-            return alpha
-        probs = alpha.to(noise.dtype)
-        return _gumbel_softmax_with(probs, noise, config.temperature).to(alpha.dtype)
-    scaled = scaled_logits(theta, config, noise)
-    if config.floor is not None:
-        return project_floored_simplex(scaled, config.floor)
-    return project_simplex(scaled)
+    """alpha for logits ``theta`` and the noise `draw_noise` gave (None: deterministic);
+    the config's mode computes it (`modes.Mode.weights`)."""
+    return config.site_mode.weights(theta, config, noise)

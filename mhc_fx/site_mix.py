@@ -24,9 +24,7 @@ import torch
 from torch import Tensor
 
 from .config import MHCConfig
-from .jacobians import transposed_jacobian
 from .ops import accumulation_dtype, mix, summed_products, weight_of
-from .projections import project_logits
 
 
 class _ProjectedMix(torch.autograd.Function):
@@ -36,14 +34,15 @@ class _ProjectedMix(torch.autograd.Function):
     def forward(ctx, config: MHCConfig, theta: Tensor, noise: Tensor | None, branch: Tensor, *history: Tensor):
         ctx.config = config
         ctx.save_for_backward(theta, noise, *history)
-        return mix(branch, history, project_logits(theta, config, noise))
+        return mix(branch, history, config.site_mode.weights(theta, config, noise))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         theta, noise, *history = ctx.saved_tensors
         acc = accumulation_dtype(grad.dtype)
         grad_acc = grad.to(acc)
-        alpha = project_logits(theta, ctx.config, noise)
+        mode = ctx.config.site_mode
+        alpha = mode.weights(theta, ctx.config, noise)
         grad_history = [
             (weight_of(alpha, k, grad.dim(), acc) * grad_acc).to(grad.dtype) if ctx.needs_input_grad[4 + k] else None
             for k in range(len(history))
@@ -51,7 +50,7 @@ class _ProjectedMix(torch.autograd.Function):
         grad_theta = None
         if ctx.needs_input_grad[1]:
             states = [s.to(acc) for s in history]
-            grad_theta = summed_products(grad_acc, states, transposed_jacobian(theta, ctx.config, noise))
+            grad_theta = summed_products(grad_acc, states, mode.transposed_jacobian(theta, ctx.config, noise))
             grad_theta = grad_theta.to(theta.dtype)
         return (None, grad_theta, None, grad, *grad_history)
 
@@ -59,7 +58,7 @@ class _ProjectedMix(torch.autograd.Function):
 def site_mix(
     branch: Tensor, history: Sequence[Tensor], theta: Tensor, config: MHCConfig, noise: Tensor | None = None
 ) -> Tensor:
-    """``mix(branch, history, project_logits(theta, config, noise))``: the value of one site.
+    """``mix(branch, history, alpha)``, alpha the config's mode's weights: the value of one site.
 
     Args:
         branch: the branch output.
@@ -68,8 +67,9 @@ def site_mix(
         config: the site's configuration (mode, constraint, temperature).
         noise: the Gumbel noise `projections.draw_noise` drew (stochastic training), or None.
     """
+    mode = config.site_mode
     if (
-        config.mode != "residual"
+        mode.learns
         and torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()  # strict export would inline the forward without grad
         and torch.is_grad_enabled()
@@ -82,4 +82,4 @@ def site_mix(
         # root SubgraphTracer"); used here first, they are inputs of the root graph.
         _ = config.temperature + config.epsilon
         return _ProjectedMix.apply(config, theta, noise, branch, *history)
-    return mix(branch, history, project_logits(theta, config, noise))
+    return mix(branch, history, mode.weights(theta, config, noise))

@@ -21,6 +21,15 @@ def test_demo_runs_eagerly(capsys):
     assert "time per step" in out
 
 
+def test_demo_with_streams(capsys):
+    argv = ["--steps", "3", "--no-compile", "--layers", "2", "--dim", "16", "--length", "16", "--batch", "2"]
+    code = main([*argv, "--streams", "4"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "streams=4" in out and "identical to the original at init: yes" in out
+    assert "H_pre / H_post" in out and "blocks.1.site1" in out
+
+
 def test_demo_compiled_through_the_module_entry_point():
     args = ["--steps", "2", "--layers", "1", "--dim", "16", "--length", "16", "--batch", "2"]
     result = subprocess.run([sys.executable, "-m", "mhc_fx", *args], capture_output=True, text=True, timeout=600)
@@ -36,6 +45,7 @@ def test_demo_compiled_through_the_module_entry_point():
         (["--model", "math:pi"], "not a callable"),
         (["--steps", "0"], "--steps must be >= 1"),
         (["--max-history", "0"], "--max-history must be >= 1"),
+        (["--streams", "0"], "--streams must be >= 1"),
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, argv, message):

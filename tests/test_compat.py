@@ -1,6 +1,6 @@
-"""`mhc_fx.compat`: the `mhc` package's names, with its documented behaviour (first part:
-constraints, HistoryBuffer, presets, utilities), checked against float64 references of the
-package's formulas."""
+"""`mhc_fx.compat`: the constraints, `MatrixMHCSkip`, `HistoryBuffer`, presets, profiling and small
+utilities, checked against float64 references of the package's formulas (the layers, config,
+injection, plots and the package's documented examples: tests/test_compat_*.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `mhc` package's named presets: dicts of its `MHCConfig` fields."""
+"""`mhc.presets`: the package's named presets, dicts of its `MHCConfig` fields."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ _PRESETS: dict[str, dict] = {
 def get_preset(name: str) -> dict:
     """A copy of the preset ``name`` (``"stable"``, ``"aggressive"``, ``"research"``; any case).
 
-    The values are the package's. ``init`` is the package's option: mhc_fx's layers start at the
-    exact identity and do not take it, so drop it before ``MHCSkip(**preset)``
-    (docs/migrating.md)."""
+    The values are the package's. Every key is a field of `mhc_fx.compat.MHCConfig` and an argument
+    of `mhc_fx.compat.MHCSkip` (``MHCSkip(**preset)``, ``MHCConfig(**preset)``). mhc_fx's own
+    ``mhc_fx.MHCSkip`` has no ``init`` (it always starts at the identity): drop that key there."""
     if not isinstance(name, str) or name.lower() not in _PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(_PRESETS)}")
     return dict(_PRESETS[name.lower()])

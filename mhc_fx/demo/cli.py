@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mhc_fx", description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", choices=MODES, default="mhc", help="site mixing mode (default: mhc)")
     p.add_argument("--max-history", type=int, default=4, help="H, states mixed per site (default: 4)")
+    p.add_argument(
+        "--streams", type=int, default=1, help="n parallel residual streams, DeepSeek's mHC (default: 1, a window)"
+    )
     p.add_argument("--steps", type=int, default=200, help="training steps (default: 200)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument(
@@ -66,7 +69,7 @@ def _build(args) -> nn.Module:
 
 
 def _check_positive(args) -> None:
-    for name in ("max_history", "steps", "layers", "dim", "batch", "length"):
+    for name in ("max_history", "streams", "steps", "layers", "dim", "batch", "length"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.lr > 0:
@@ -92,7 +95,8 @@ def run(args) -> int:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     original = _build(args).to(device)
-    model = convert(original, mode=args.mode, max_history=args.max_history)
+    window = {"max_history": args.max_history} if args.streams == 1 else {"streams": args.streams}
+    model = convert(original, mode=args.mode, **window)
     print(explain(model))
 
     train, val = load_splits()
@@ -128,8 +132,10 @@ def run(args) -> int:
     with torch.no_grad():
         for name, m in runs.items():
             print(f"  {name:9s} {_loss(m.eval(), vx, vy).item():.4f}")
-    print("\nlearned mixing weights alpha (oldest state first):")
+    print("\nlearned mixing weights (alpha: oldest state first; n streams: the static H_pre / H_post):")
     for site, alpha in mixing_weights(model).items():
+        if isinstance(alpha, dict):
+            alpha = torch.cat([alpha["pre"], alpha["post"]])
         print(f"  {site:24s} " + " ".join(f"{a:6.3f}" for a in alpha.tolist()))
     skip = min(10, args.steps // 2)  # leave out warm-up and compilation
     median = {name: sorted(s[skip:])[len(s[skip:]) // 2] for name, s in seconds.items()}

@@ -244,20 +244,55 @@ def _analyse(model: nn.Module, config: MHCConfig, scope: Scope, example_inputs):
     finder.link_chains(kept)
     skipped += [SkippedInfo(r.where, _why_untagged(r, model, inst)) for r in finder.untagged_sites()]
     specs, infos, per_owner = [], [], {}
+    streams, notes = _stream_chains(kept, config)
     for site in sorted(kept, key=lambda s: finder.order[s.node]):
         key = tags[site.tag]
         owner = key[0]
         j = per_owner.get(owner, 0)
         per_owner[owner] = j + 1
         name = f"{owner}.site{j}" if owner else f"site{j}"
-        window = min(site.position, config.max_history)
-        spec = SiteSpec(name, key, owner, site.chain, site.position, window, site.stream_first)
+        carries = site.chain in streams
+        window = min(site.position, 2 if carries else config.max_history)
+        spec = SiteSpec(name, key, owner, site.chain, site.position, window, site.stream_first, streams=carries)
+        spec.features = site.shape[-1] if carries and site.shape else None
         if site.origin is not None and site.origin_shape != site.shape:
             spec.projects = (site.origin_shape, site.shape)
         specs.append(spec)
-        infos.append(SiteInfo(name, owner, site.chain, site.position, window, site.shape, config.mode))
-    report = Report(type(model).__name__, captured.method, config, infos, skipped)
+        n = config.streams if carries else 1
+        infos.append(SiteInfo(name, owner, site.chain, site.position, window, site.shape, config.mode, n))
+    report = Report(type(model).__name__, captured.method, config, infos, skipped, notes)
     return specs, report, keep_hosting(runtime.followed, [s.key for s in specs])
+
+
+def _stream_chains(sites: list, config: MHCConfig) -> tuple[set[int], list[str]]:
+    """The chains that carry ``config.streams`` streams, and a note for each that cannot: n streams
+    pass from one site to the next only where the next site adds to the previous site's output
+    itself (through aliases), since the user's code between them would act on one stream only."""
+    if config.stream_mode is None:
+        return set(), []
+    chains: dict[int, list] = {}
+    for site in sites:
+        chains.setdefault(site.chain, []).append(site)
+    carrying, notes = set(), []
+    for chain, members in sorted(chains.items()):
+        members.sort(key=lambda s: s.position)
+        broken = [s for s in members[1:] if not s.link_alias]
+        if len(members) >= 2 and not broken:
+            carrying.add(chain)
+        elif len(members) >= 2:
+            op = broken[0].link_op or "an op"
+            notes.append(
+                f"chain {chain} ({len(members)} sites) keeps history mixing (max_history={config.max_history}): "
+                f"n streams need each site to add to the previous site's output itself, found {op!r} between "
+                f"sites {broken[0].position - 1} and {broken[0].position} (a post-norm block or a projection)"
+            )
+    missing = sum(1 for s in sites if s.chain in carrying and not s.shape)
+    if missing:
+        notes.append(
+            f"{missing} stream site(s) have no token-dependent maps (static H_pre/H_post/H_res only): their size "
+            "needs the stream's shape; pass example_inputs="
+        )
+    return carrying, notes
 
 
 def _why_untagged(rejected, model: nn.Module, inst: _Instrumenter) -> str:
@@ -367,7 +402,9 @@ def convert(
     model: nn.Module,
     mode: str = "mhc",
     *,
-    max_history: int = 4,
+    max_history: int | None = None,
+    streams: int = 1,
+    sinkhorn_iters: int = 20,
     constraint: str = "simplex",
     epsilon: float = 0.05,
     stochastic: bool = False,
@@ -391,7 +428,12 @@ def convert(
         model: any ``nn.Module`` (own models through ``torch.fx``; models fx cannot
             trace, such as Hugging Face ones, through ``torch.export``).
         mode, max_history, constraint, epsilon, stochastic, temperature,
-            detach_history: see `MHCConfig`.
+            detach_history: see `MHCConfig` (``max_history`` defaults to 4; it sets the
+            window of history mixing and does not combine with ``streams``).
+        streams, sinkhorn_iters: ``streams=n`` (n >= 2, modes ``hc``/``mhc``): every chain
+            that can carry them holds n parallel residual streams (DeepSeek's mHC; the
+            original hyper-connections for ``hc``) instead of a history window; chains that
+            cannot keep history mixing and `explain` says why (see `MHCConfig`).
         auto_project: a projection shortcut ``shortcut(x) + f(x)`` (a ResNet stage
             start) becomes a site that continues the chain of ``x``; the chain's older
             states reach the new shape through a learned map (pooling and a 1x1 conv,
@@ -410,7 +452,9 @@ def convert(
     _check_model(model)
     config = MHCConfig(
         mode=mode,
-        max_history=max_history,
+        max_history=_max_history(max_history, streams),
+        streams=streams,
+        sinkhorn_iters=sinkhorn_iters,
         constraint=constraint,
         epsilon=epsilon,
         temperature=temperature,
@@ -440,6 +484,18 @@ def convert(
     return target
 
 
+def _max_history(max_history, streams) -> int:
+    """``max_history`` as given (4 when not given); refused with ``streams`` > 1, which replaces the window."""
+    if max_history is None:
+        return 4
+    if isinstance(streams, int) and not isinstance(streams, bool) and streams > 1:
+        raise ValueError(
+            f"max_history={max_history!r} does not combine with streams={streams}: a chain carries n streams "
+            "instead of a history window (chains that cannot carry them use the default window, 4)"
+        )
+    return max_history
+
+
 def explain(model: nn.Module, **options) -> Report:
     """The report of a converted model, or what `convert` would do to an original one
     (``options`` as for `convert`; the model is not modified)."""
@@ -452,20 +508,26 @@ def explain(model: nn.Module, **options) -> Report:
     example_inputs = options.pop("example_inputs", None)
     include, exclude = options.pop("include", None), options.pop("exclude", None)
     mode = options.pop("mode", "mhc")
+    options["max_history"] = _max_history(options.get("max_history"), options.get("streams", 1))
     config = MHCConfig(mode=mode, **options)
     _, report, _ = _analyse(model, config, Scope(include, exclude, model), example_inputs)
     return report
 
 
-def mixing_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+def mixing_weights(model: nn.Module) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
     """``{site name: alpha}`` of a converted model: the projected weights (eval mode),
-    oldest state first. Sites with a single state (chain starts) have alpha = [1]."""
+    oldest state first. Sites with a single state (chain starts) have alpha = [1]. A site whose
+    chain carries n streams gives ``{"pre", "post", "res"}``: the static parts of its maps
+    (`stream_modes.StreamMode.static_maps`)."""
     runtime = converted_root(model).__dict__[RUNTIME]
     out = {}
     with torch.no_grad():
         for spec in runtime.sites.values():
             if spec.holder is None:
                 out[spec.name] = torch.eye(spec.window)[-1]
+            elif spec.streams:
+                maps = runtime.config.stream_mode.static_maps(spec.parameters(), runtime.config)
+                out[spec.name] = {k: v.detach() for k, v in maps.items()}
             else:
                 out[spec.name] = _project(spec.holder._parameters[spec.attr], runtime.config, training=False).detach()
     return out

@@ -10,18 +10,20 @@ there the same names are registered directly on the root instead.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
 
 import torch
 from torch import nn
 
+from .. import modes
 from ..config import MHCConfig
-from ..projections import initial_logits
 from . import projecting
 from .runtime import SiteSpec
 
 PARAMS = "mhc"
+_DEFAULTS = MHCConfig().to_dict()
 RECORD = "config_record"
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -46,7 +48,11 @@ def _check_record(config: MHCConfig, theirs: torch.Tensor | None) -> None:
         except (UnicodeDecodeError, ValueError):
             raise ValueError(f"the checkpoint's {RECORD} is not an mhc_fx record") from None
         mine = json.loads(decode(ours))
+        # a record written before an option existed holds that option's default
+        saved = {**{k: v for k, v in mine.items() if k not in saved and k in _DEFAULTS and v == _DEFAULTS[k]}, **saved}
         diff = {k: (saved.get(k), mine.get(k)) for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k)}
+        if not diff:
+            return
         raise ValueError(
             "this checkpoint was converted with other mhc_fx options (option: (checkpoint, model)): "
             f"{diff}; convert with the checkpoint's options, e.g. mhc_fx.from_pretrained"
@@ -59,16 +65,19 @@ class SiteParameters(nn.Module):
     def __init__(self, config: MHCConfig) -> None:
         super().__init__()
         self.config = config
+        self.inits: dict[str, Init] = {}  # how to re-create each parameter's init (`reset_parameters`)
         self.register_buffer(RECORD, encode(config))
         self.register_load_state_dict_pre_hook(self._check)
 
     def reset_parameters(self) -> None:
         """Back to the init (exact identity for mhc). Done by itself when the model leaves the
         ``meta`` device (``to_empty()``), so a model converted there needs no extra call."""
-        _reset(self.config, self.config_record, list(self.named_parameters()))
+        _reset(self.config, self.config_record, list(self.named_parameters()), self.inits)
 
     def _apply(self, fn, recurse: bool = True):
-        return _reinit_after_meta(self, lambda: super(SiteParameters, self)._apply(fn, recurse), self.config)
+        return _reinit_after_meta(
+            self, lambda: super(SiteParameters, self)._apply(fn, recurse), self.config, self.inits
+        )
 
     @staticmethod
     def _check(module, state_dict, prefix, *args) -> None:
@@ -78,14 +87,32 @@ class SiteParameters(nn.Module):
         return decode(self.config_record)
 
 
-def _reset(config: MHCConfig, record: torch.Tensor, tensors: list[tuple[str, torch.Tensor]]) -> None:
+@dataclasses.dataclass(frozen=True)
+class Init:
+    """What a parameter's init depends on: the site's mode (n streams or a window), the name
+    suffix, K, the position in the chain and the stream's last dim."""
+
+    streams: bool
+    suffix: str
+    window: int
+    position: int
+    features: int | None
+
+
+def _reset(
+    config: MHCConfig, record: torch.Tensor, tensors: list[tuple[str, torch.Tensor]], inits: dict[str, Init]
+) -> None:
     with torch.no_grad():
         record.copy_(encode(config))
         for name, p in tensors:
+            init = inits.get(name.removeprefix(PARAMS + "."))
             if name.endswith(projecting.SUFFIX):
                 projecting.init_weight_(p)
+            elif init is None:  # (not reached: every parameter attach makes has its Init)
+                config.site_mode.reset_(config, modes.LOGITS, p)
             else:
-                p.copy_(initial_logits(config, p.shape[-1]))
+                mode = config.stream_mode if init.streams else config.site_mode
+                mode.reset_(config, init.suffix, p, init.window, init.position, init.features)
 
 
 def _store_tensors(module: nn.Module) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
@@ -97,7 +124,7 @@ def _store_tensors(module: nn.Module) -> tuple[torch.Tensor, list[tuple[str, tor
     return module._buffers[f"{PARAMS}.{RECORD}"], tensors
 
 
-def _reinit_after_meta(module: nn.Module, apply, config: MHCConfig):
+def _reinit_after_meta(module: nn.Module, apply, config: MHCConfig, inits: dict[str, Init]):
     """Run ``apply`` (``Module._apply``); if it moved the store off the ``meta`` device
     (``to_empty``), put the logits and the record back to their init: uninitialised memory
     would otherwise be read as mixing weights."""
@@ -105,14 +132,14 @@ def _reinit_after_meta(module: nn.Module, apply, config: MHCConfig):
     result = apply()
     record, logits = _store_tensors(module)
     if was_meta and record.device.type != "meta":
-        _reset(config, record, logits)
+        _reset(config, record, logits, inits)
     return result
 
 
 def _flat_apply(self, fn, recurse: bool = True):
     """``_apply`` of a container root that holds the store itself (see `_reinit_after_meta`)."""
-    config = self.__dict__["_mhc_fx_runtime"].config
-    return _reinit_after_meta(self, lambda: type(self)._apply(self, fn, recurse), config)
+    runtime = self.__dict__["_mhc_fx_runtime"]
+    return _reinit_after_meta(self, lambda: type(self)._apply(self, fn, recurse), runtime.config, runtime.inits)
 
 
 def _holder(store: nn.Module, owner: str) -> nn.Module:
@@ -135,8 +162,8 @@ def _accept_flat_keys(module, incompatible) -> None:
 
 
 def attach(model: nn.Module, config: MHCConfig, specs: list[SiteSpec]) -> None:
-    """Create the logits of every site with K >= 2 (not in residual mode) and point
-    each spec's ``holder``/``attr`` at them."""
+    """Create the parameters of every site that has any (its mode decides: logits for K >= 2 in
+    hc/mhc, the stream maps of an n-stream site) and point each spec's ``holder``/``attr`` at them."""
     if not specs:
         return  # nothing to store: the model keeps exactly its own state_dict
     if PARAMS in model._modules or hasattr(model, PARAMS):
@@ -144,11 +171,15 @@ def attach(model: nn.Module, config: MHCConfig, specs: list[SiteSpec]) -> None:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     store = SiteParameters(config).to(device)
     for spec in specs:
-        if spec.window > 1 and config.mode != "residual":
+        mode = config.stream_mode if spec.streams else config.site_mode
+        initial = mode.parameters(config, spec.window, spec.position, spec.features)
+        if initial:
             spec.holder = _holder(store, spec.owner)
             spec.attr = spec.name.rsplit(".", 1)[-1]
-            theta = initial_logits(config, spec.window).to(device)
-            spec.holder.register_parameter(spec.attr, nn.Parameter(theta))
+            for suffix, value in initial.items():
+                spec.holder.register_parameter(spec.attr + suffix, nn.Parameter(value.to(device)))
+                init = Init(spec.streams, suffix, spec.window, spec.position, spec.features)
+                store.inits[spec.name + suffix] = init
             if spec.projects is not None:
                 weight = projecting.new_weight(*spec.projects, device)
                 spec.holder.register_parameter(spec.attr + projecting.SUFFIX, nn.Parameter(weight))
@@ -159,6 +190,7 @@ def attach(model: nn.Module, config: MHCConfig, specs: list[SiteSpec]) -> None:
     for name, tensor in store.named_parameters():
         model._parameters[f"{PARAMS}.{name}"] = tensor
     model._buffers[f"{PARAMS}.{RECORD}"] = store.config_record
+    model.__dict__["_mhc_fx_runtime"].inits = store.inits
     model.register_load_state_dict_pre_hook(_flat_record_check)
     model.__dict__["_apply"] = types.MethodType(_flat_apply, model)
     model.register_load_state_dict_post_hook(_accept_flat_keys)

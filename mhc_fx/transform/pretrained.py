@@ -53,6 +53,8 @@ def from_pretrained(model_class, path: str | os.PathLike, example_inputs=None, *
     expected_sites = record.pop("sites", None)
     config = MHCConfig.from_dict(record)
     options = {k: v for k, v in config.to_dict().items() if k != "version"}
+    if config.streams > 1:  # the window is not an option of a stream conversion
+        del options["max_history"]
     converted = convert(model, inplace=True, example_inputs=example_inputs, **options)
     report = converted.__dict__["_mhc_fx_runtime"].report
     if expected_sites is not None and expected_sites != len(report.sites):

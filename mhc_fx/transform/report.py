@@ -19,6 +19,7 @@ class SiteInfo:
     history: int  # K = min(position, max_history)
     shape: tuple | None
     mode: str
+    streams: int = 1  # n when the site's chain carries n parallel streams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Report:
     def warning(self) -> str | None:
         """Why nothing mixes, when a conversion in ``hc`` / ``mhc`` mode gives no site a window of
         two or more states (every chain of length one): the model then trains exactly as before."""
-        if self.config.mode == "residual" or any(s.history >= 2 for s in self.sites):
+        if not self.config.site_mode.learns or any(s.history >= 2 for s in self.sites):
             return None
         if not self.sites:
             return f"mhc_fx: no residual site found in {self.model}: the model is returned unchanged" + (
@@ -76,23 +77,32 @@ class Report:
             + ". mhc_fx.explain(model) lists the sites and chains"
         )
 
+    def _site_head(self) -> list[str]:
+        return ["site", "module", "chain", "pos", "K", "shape"] + (["streams"] if self.config.streams > 1 else [])
+
     def _site_rows(self) -> list[list[str]]:
-        return [
+        rows = [
             [s.name, s.module_path or "(root)", str(s.chain), str(s.position), str(s.history), _shape(s.shape)]
             for s in self.sites
         ]
+        if self.config.streams > 1:  # K is "-" where the chain carries streams instead of a window
+            for row, s in zip(rows, self.sites):
+                row[4], row[6:] = ("-" if s.streams > 1 else row[4]), [str(s.streams) if s.streams > 1 else "-"]
+        return rows
 
     def __str__(self) -> str:
         c = self.config
         lines = [
             f"mhc_fx report for {self.model}: {len(self.sites)} sites in {len(self.chains)} chains, "
             f"{len(self.skipped)} additions skipped "
-            f"(mode={c.mode}, max_history={c.max_history}, capture={self.capture})"
+            f"(mode={c.mode}, "
+            + (f"streams={c.streams}" if c.streams > 1 else f"max_history={c.max_history}")
+            + f", capture={self.capture})"
         ]
         if self.warning is not None:
             lines.append("WARNING: " + self.warning.removeprefix("mhc_fx: "))
         if self.sites:
-            lines.append(_table(["site", "module", "chain", "pos", "K", "shape"], self._site_rows()))
+            lines.append(_table(self._site_head(), self._site_rows()))
         if self.skipped:
             lines.append("skipped:")
             lines.append(_table(["where", "reason"], [[s.where, s.reason] for s in self.skipped]))
@@ -114,7 +124,7 @@ class Report:
         if self.warning is not None:
             parts.append(f"<p><b>warning</b>: {html.escape(self.warning)}</p>")
         if self.sites:
-            parts.append(table(["site", "module", "chain", "pos", "K", "shape"], self._site_rows()))
+            parts.append(table(self._site_head(), self._site_rows()))
         if self.skipped:
             parts.append(table(["where", "reason"], [[s.where, s.reason] for s in self.skipped]))
         parts.extend(f"<p>note: {html.escape(n)}</p>" for n in self.notes)

@@ -26,8 +26,6 @@ from torch import Tensor, nn
 from torch._prims_common import compute_elementwise_output_strides
 
 from ..config import MHCConfig
-from ..projections import draw_noise, project_logits
-from ..site_mix import site_mix
 from . import dtensor, projecting, replay
 
 SiteKey = tuple  # (module path, location in the forward, occurrence in the call)
@@ -49,6 +47,15 @@ class SiteSpec:
     # auto_project: (old shape, new shape) at analysis, batch dim included, of the states this site
     # maps onto its stream's shape; the map's weight is ``holder``'s ``attr + projecting.SUFFIX``
     projects: tuple[tuple, tuple] | None = None
+    streams: bool = False  # the chain carries ``config.streams`` parallel streams (`stream_modes`)
+    features: int | None = None  # the stream's last dim at analysis (None without shapes)
+
+    def parameters(self) -> dict[str, Tensor]:
+        """This site's parameters by name suffix (see `modes.Mode.parameters`)."""
+        table, prefix = self.holder._parameters, self.attr
+        return {
+            name[len(prefix) :]: p for name, p in table.items() if name.startswith(prefix) and _is_own(name, prefix)
+        }
 
 
 class CallScope:
@@ -60,19 +67,21 @@ class CallScope:
         self.counters: dict = {}
         self.histories: dict = {}  # chain -> its window (the streams of its latest sites)
         self.heads: dict = {}  # chain -> the output of its latest site (re-viewed with the window)
+        self.streams: dict = {}  # chain -> the n streams after its latest site (`stream_modes`)
         self.recomputing = recomputing  # a checkpointed region recomputed from its snapshot
         self.sequence_parallel: str | None = None  # a module SequenceParallel distributed (dtensor.py)
 
-    def snapshot(self) -> tuple[dict, dict, dict]:
-        """(counters, histories, heads) now, for replaying a block later."""
-        return dict(self.counters), {chain: list(h) for chain, h in self.histories.items()}, dict(self.heads)
+    def snapshot(self) -> tuple[dict, dict, dict, dict]:
+        """(counters, histories, heads, streams) now, for replaying a block later."""
+        histories = {chain: list(h) for chain, h in self.histories.items()}
+        return dict(self.counters), histories, dict(self.heads), dict(self.streams)
 
     @classmethod
     def restored(cls, state: tuple[dict, dict, dict]) -> CallScope:
         """A private scope holding a `snapshot`, for a recompute."""
         scope = cls(recomputing=True)
-        counters, histories, heads = state
-        scope.counters, scope.heads = dict(counters), dict(heads)
+        counters, histories, heads, streams = state
+        scope.counters, scope.heads, scope.streams = dict(counters), dict(heads), dict(streams)
         scope.histories = {chain: list(h) for chain, h in histories.items()}
         return scope
 
@@ -84,6 +93,7 @@ class CallScope:
             if head is value:
                 self.histories[chain] = [view(s) for s in self.histories.get(chain, ()) if s.shape == value.shape]
                 self.heads[chain] = result
+                self.streams.pop(chain, None)  # n streams cannot follow a re-view: the chain restarts
 
 
 class _ThreadScopes(threading.local):
@@ -111,6 +121,7 @@ class SiteRuntime:
         # to a site (`calls.site_call`); during analysis, every followed call
         self.followed: dict[tuple, tuple] = {}
         self.report: Any = None
+        self.inits: dict = {}  # a container root's parameter inits (`params.Init`), else on the store
         self._threads = _ThreadScopes()
 
     def __deepcopy__(self, memo) -> SiteRuntime:
@@ -189,6 +200,8 @@ class SiteRuntime:
             # inputs): not a residual connection, and never an error where `a + b` is not.
             return a + b
         config = self.config
+        if site.streams:
+            return self._stream_site(scope, site, stream, branch, torch.promote_types(a.dtype, b.dtype))
         history = scope.histories.setdefault(site.chain, [])
         if site.projects is not None and site.holder is not None:
             _project_window(site, history, stream)
@@ -213,12 +226,33 @@ class SiteRuntime:
         if len(window) < site.window:  # layers skipped in this call (LayerDrop): the latest logits
             theta = theta[-len(window) :]
         dtensor.check_plain_stream(site.name, scope.sequence_parallel, stream, theta)
-        noise = draw_noise(theta, config, training=training)
+        mode = config.site_mode
+        noise = mode.draw_noise(theta, config, training=training)
         if config.check_finite:
-            _check_finite(site.name, project_logits(theta, config, noise), window)
+            _check_finite(site.name, mode.weights(theta, config, noise), window)
         if dtensor.is_distributed(branch, window):
             return dtensor.site_mix(site.name, branch, window, theta, config, noise)
-        return site_mix(branch, window, theta, config, noise)
+        return mode.site(branch, window, theta, config, noise)
+
+    def _stream_site(self, scope: CallScope, site: SiteSpec, stream: Tensor, branch: Tensor, dtype) -> Tensor:
+        """An n-stream site: ``X_i`` from the chain's ``X_{i-1}`` and the branch; returns the next
+        block's read ``y_i``. The chain restarts from ``n`` copies of the stream (a view) at its
+        first site and wherever the stream is not the previous site's output (a block run on its
+        own, a re-view): identical copies make every stream map exact there."""
+        config = self.config
+        state = scope.streams.get(site.chain)
+        if state is None or site.position == 1 or stream is not scope.heads.get(site.chain):
+            s = stream.to(dtype)
+            state = s.unsqueeze(-2).expand(*s.shape[:-1], config.streams, s.shape[-1])
+        new, out = config.stream_mode.step(state, branch, site.parameters(), config)
+        scope.streams[site.chain] = new
+        return out
+
+
+def _is_own(name: str, prefix: str) -> bool:
+    """``name`` is ``prefix`` or ``prefix`` plus a suffix (``site1_read``, not ``site12``)."""
+    rest = name[len(prefix) :]
+    return rest == "" or rest.startswith("_")
 
 
 def _project_window(site: SiteSpec, history: list[Tensor], stream: Tensor) -> None:

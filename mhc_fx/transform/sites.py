@@ -92,6 +92,9 @@ class FoundSite:
     # auto_project: the value ``x`` of ``shortcut(x) + f(x)`` (None for any other site) and its shape
     origin: fx.Node | None = None
     origin_shape: tuple | None = None
+    # the stream is the previous site's output itself (through aliases only): n streams can pass
+    link_alias: bool = False
+    link_op: str = ""  # otherwise, the op between them (for the report)
 
 
 @dataclasses.dataclass
@@ -400,6 +403,8 @@ class SiteFinder:
             parent = site_of.get(source) if source is not None else None
             if parent is not None and parent.chain >= 0 and tail.get(parent.chain) is parent:
                 site.chain, site.position = parent.chain, parent.position + 1
+                site.link_alias = site.origin is None and _canonical(stream) is source
+                site.link_op = "" if site.link_alias else _op_name(_canonical(stream)) or str(stream)
             else:
                 site.chain, site.position = next_chain, 1
                 site.origin = site.origin_shape = None  # a new chain: nothing older to map

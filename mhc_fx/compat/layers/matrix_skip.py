@@ -1,4 +1,4 @@
-"""The `mhc` package's `MatrixMHCSkip`: a learned K x K mixing matrix over the history window."""
+"""`mhc.layers.matrix_skip`: `MatrixMHCSkip`, a learned K x K mixing matrix over the history window."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .. import projections
-from ..ops import mix
+from ... import projections
+from ...ops import mix
 
 
 class MatrixMHCSkip(nn.Module):
@@ -42,6 +42,7 @@ class MatrixMHCSkip(nn.Module):
         return projections.softmax(logits)
 
     def forward(self, x: Tensor, history: Sequence[Tensor]) -> Tensor:
+        """``x`` plus the last row of the mixing matrix applied to the window."""
         if isinstance(history, Tensor):
             raise TypeError("MatrixMHCSkip: history must be a list of tensors (oldest first), not a tensor")
         window = list(history)[-self.max_history :]

@@ -1,11 +1,9 @@
-"""The `mhc` package's `ForwardProfiler` and its torch helpers `compile_model`, `autocast_context`."""
+"""`mhc.utils.profiling`: `ForwardProfiler`, forward wall time per module from hooks."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -61,6 +59,7 @@ class ForwardProfiler:
         return hook
 
     def stop(self) -> None:
+        """Remove the hooks; the times recorded so far stay."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -76,21 +75,3 @@ class ForwardProfiler:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def compile_model(model: nn.Module, **kwargs: Any) -> nn.Module:
-    """``torch.compile(model, **kwargs)`` with ``backend="mhc"`` unless another backend is given
-    (the package compiled with Inductor, which the ``mhc`` backend extends with its fused sites)."""
-    kwargs.setdefault("backend", "mhc")
-    return torch.compile(model, **kwargs)
-
-
-@contextlib.contextmanager
-def autocast_context(device_type: str = "cuda", dtype: torch.dtype = torch.float16) -> Iterator[None]:
-    """``torch.autocast(device_type, dtype)`` when ``device_type`` is ``"cuda"`` and CUDA is
-    available; otherwise nothing, as in the package (use ``torch.autocast("cpu", ...)`` directly)."""
-    if device_type == "cuda" and torch.cuda.is_available():
-        with torch.autocast(device_type=device_type, dtype=dtype):
-            yield
-    else:
-        yield

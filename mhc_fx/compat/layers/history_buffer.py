@@ -1,4 +1,4 @@
-"""`HistoryBuffer`: the `mhc` package's list of the last ``max_history`` states."""
+"""`mhc.layers.history_buffer`: `HistoryBuffer`, the package's list of the last ``max_history`` states."""
 
 from __future__ import annotations
 
@@ -27,9 +27,11 @@ class HistoryBuffer:
         return list(self.buffer)
 
     def clear(self) -> None:
+        """Remove every stored state."""
         self.buffer = []
 
     def __len__(self) -> int:
+        """The number of stored states."""
         return len(self.buffer)
 
     def __repr__(self) -> str:
