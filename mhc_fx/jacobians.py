@@ -92,6 +92,4 @@ def transposed_jacobian(theta: Tensor, config: MHCConfig, noise: Tensor | None =
     element) to K tensors (the cotangent of theta). Composed by the config's mode
     (`modes.Mode.transposed_jacobian`); ``residual`` has no logits to differentiate and is refused.
     """
-    if theta.dim() != 1:
-        raise ValueError(f"theta must have shape [K], got {tuple(theta.shape)}")
     return config.site_mode.transposed_jacobian(theta, config, noise)

@@ -50,8 +50,6 @@ class Mode:
     name: str = ""
     #: Whether a site has parameters that learn (False: a plain add, nothing to store).
     learns: bool = True
-    #: Whether its chains carry n parallel streams (`stream_modes`) instead of a history window.
-    carries_streams: bool = False
 
     def __repr__(self) -> str:
         return f"<mode {self.name!r}>"
@@ -80,16 +78,9 @@ class Mode:
         return {LOGITS: self.initial_logits(config, window)}
 
     def reset_(
-        self,
-        config: MHCConfig,
-        suffix: str,
-        tensor: Tensor,
-        window: int | None = None,
-        position: int = 1,
-        features: int | None = None,
+        self, config: MHCConfig, suffix: str, tensor: Tensor, window: int, position: int, features: int | None
     ) -> None:
-        """Put one parameter made by `parameters` back to its init, in place."""
-        window = tensor.shape[-1] if window is None else window
+        """Put one parameter made by `parameters` (for the same site) back to its init, in place."""
         with torch.no_grad():
             tensor.copy_(self.parameters(config, window, position, features)[suffix])
 
@@ -147,6 +138,7 @@ class Residual(Mode):
         return alpha
 
     def transposed_jacobian(self, theta, config, noise=None):
+        _check_vector(theta)
         raise ValueError("mode 'residual' has constant weights: there is no Jacobian to take")
 
     def site(self, branch, window, theta, config, noise) -> Tensor:

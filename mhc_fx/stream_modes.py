@@ -26,6 +26,7 @@ values). The first site of a chain has no ``res`` (mixing identical copies chang
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
@@ -47,19 +48,13 @@ _RMS_EPS = 1e-6
 class StreamMode(Mode):
     """Shared by the n-stream modes: the parameters, the token-dependent part, the update."""
 
-    carries_streams = True
-    #: Options of history mixing that mean nothing with streams, and their defaults.
-    _HISTORY_ONLY = {
-        "constraint": "simplex",
-        "stochastic": False,
-        "detach_history": False,
-        "auto_project": False,
-        "temperature": 1.0,
-        "check_finite": False,
-    }
+    #: Options of history mixing that mean nothing with streams (they must keep their defaults).
+    _HISTORY_ONLY = ("constraint", "stochastic", "detach_history", "auto_project", "temperature", "check_finite")
 
     def validate(self, config: MHCConfig) -> None:
-        for option, default in self._HISTORY_ONLY.items():
+        defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        for option in self._HISTORY_ONLY:
+            default = defaults[option]
             if getattr(config, option) != default:
                 raise ValueError(
                     f"{option}={getattr(config, option)!r} does not combine with streams={config.streams}: "
@@ -142,7 +137,7 @@ class StreamMode(Mode):
         next block's read, ``[n]``), ``post`` (``[n]``) and ``res`` (``[n, n]``, the identity at a
         chain's first site)."""
         n = config.streams
-        acc = torch.float32 if params[READ].dtype != torch.float64 else torch.float64
+        acc = accumulation_dtype(params[READ].dtype)
         res = self._mix_streams(torch.eye(n, dtype=acc), params, None, config, acc) if RES in params else None
         return {
             "pre": self._read(params[READ].to(acc), None),

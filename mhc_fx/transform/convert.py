@@ -450,9 +450,9 @@ def convert(
         inplace: convert ``model`` itself instead of a copy.
     """
     _check_model(model)
-    config = MHCConfig(
+    config = _config(
+        max_history,
         mode=mode,
-        max_history=_max_history(max_history, streams),
         streams=streams,
         sinkhorn_iters=sinkhorn_iters,
         constraint=constraint,
@@ -484,16 +484,17 @@ def convert(
     return target
 
 
-def _max_history(max_history, streams) -> int:
-    """``max_history`` as given (4 when not given); refused with ``streams`` > 1, which replaces the window."""
-    if max_history is None:
-        return 4
-    if isinstance(streams, int) and not isinstance(streams, bool) and streams > 1:
+def _config(max_history: int | None, **options) -> MHCConfig:
+    """The validated config; ``max_history`` None takes `MHCConfig`'s default, and a given one is
+    refused with ``streams`` > 1 (n streams replace the window)."""
+    config = MHCConfig(**options, **({} if max_history is None else {"max_history": max_history}))
+    if max_history is not None and config.streams > 1:
         raise ValueError(
-            f"max_history={max_history!r} does not combine with streams={streams}: a chain carries n streams "
-            "instead of a history window (chains that cannot carry them use the default window, 4)"
+            f"max_history={max_history!r} does not combine with streams={config.streams}: a chain carries n "
+            f"streams instead of a history window (chains that cannot carry them use the default window, "
+            f"{MHCConfig.max_history})"
         )
-    return max_history
+    return config
 
 
 def explain(model: nn.Module, **options) -> Report:
@@ -508,8 +509,7 @@ def explain(model: nn.Module, **options) -> Report:
     example_inputs = options.pop("example_inputs", None)
     include, exclude = options.pop("include", None), options.pop("exclude", None)
     mode = options.pop("mode", "mhc")
-    options["max_history"] = _max_history(options.get("max_history"), options.get("streams", 1))
-    config = MHCConfig(mode=mode, **options)
+    config = _config(options.pop("max_history", None), mode=mode, **options)
     _, report, _ = _analyse(model, config, Scope(include, exclude, model), example_inputs)
     return report
 

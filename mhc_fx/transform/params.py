@@ -23,8 +23,8 @@ from . import projecting
 from .runtime import SiteSpec
 
 PARAMS = "mhc"
-_DEFAULTS = MHCConfig().to_dict()
 RECORD = "config_record"
+_DEFAULTS = MHCConfig().to_dict()  # what a record written before an option existed means by its absence
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -48,8 +48,7 @@ def _check_record(config: MHCConfig, theirs: torch.Tensor | None) -> None:
         except (UnicodeDecodeError, ValueError):
             raise ValueError(f"the checkpoint's {RECORD} is not an mhc_fx record") from None
         mine = json.loads(decode(ours))
-        # a record written before an option existed holds that option's default
-        saved = {**{k: v for k, v in mine.items() if k not in saved and k in _DEFAULTS and v == _DEFAULTS[k]}, **saved}
+        saved = {**_DEFAULTS, **saved}
         diff = {k: (saved.get(k), mine.get(k)) for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k)}
         if not diff:
             return
@@ -105,14 +104,17 @@ def _reset(
     with torch.no_grad():
         record.copy_(encode(config))
         for name, p in tensors:
-            init = inits.get(name.removeprefix(PARAMS + "."))
             if name.endswith(projecting.SUFFIX):
                 projecting.init_weight_(p)
-            elif init is None:  # (not reached: every parameter attach makes has its Init)
-                config.site_mode.reset_(config, modes.LOGITS, p)
             else:
-                mode = config.stream_mode if init.streams else config.site_mode
+                init = inits[name.removeprefix(PARAMS + ".")]
+                mode = _mode_of(config, init.streams)
                 mode.reset_(config, init.suffix, p, init.window, init.position, init.features)
+
+
+def _mode_of(config: MHCConfig, streams: bool) -> modes.Mode:
+    """The mode of a site whose chain carries n streams (``streams``) or mixes a window."""
+    return config.stream_mode if streams else config.site_mode
 
 
 def _store_tensors(module: nn.Module) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
@@ -171,11 +173,11 @@ def attach(model: nn.Module, config: MHCConfig, specs: list[SiteSpec]) -> None:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     store = SiteParameters(config).to(device)
     for spec in specs:
-        mode = config.stream_mode if spec.streams else config.site_mode
-        initial = mode.parameters(config, spec.window, spec.position, spec.features)
+        initial = _mode_of(config, spec.streams).parameters(config, spec.window, spec.position, spec.features)
         if initial:
             spec.holder = _holder(store, spec.owner)
             spec.attr = spec.name.rsplit(".", 1)[-1]
+            spec.suffixes = tuple(initial)
             for suffix, value in initial.items():
                 spec.holder.register_parameter(spec.attr + suffix, nn.Parameter(value.to(device)))
                 init = Init(spec.streams, suffix, spec.window, spec.position, spec.features)

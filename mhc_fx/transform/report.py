@@ -81,13 +81,14 @@ class Report:
         return ["site", "module", "chain", "pos", "K", "shape"] + (["streams"] if self.config.streams > 1 else [])
 
     def _site_rows(self) -> list[list[str]]:
-        rows = [
-            [s.name, s.module_path or "(root)", str(s.chain), str(s.position), str(s.history), _shape(s.shape)]
-            for s in self.sites
-        ]
-        if self.config.streams > 1:  # K is "-" where the chain carries streams instead of a window
-            for row, s in zip(rows, self.sites):
-                row[4], row[6:] = ("-" if s.streams > 1 else row[4]), [str(s.streams) if s.streams > 1 else "-"]
+        rows = []
+        for s in self.sites:
+            carries = s.streams > 1  # K is "-" where the chain carries streams instead of a window
+            row = [s.name, s.module_path or "(root)", str(s.chain), str(s.position), "-" if carries else str(s.history)]
+            row.append(_shape(s.shape))
+            if self.config.streams > 1:
+                row.append(str(s.streams) if carries else "-")
+            rows.append(row)
         return rows
 
     def __str__(self) -> str:

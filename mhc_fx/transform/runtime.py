@@ -49,13 +49,11 @@ class SiteSpec:
     projects: tuple[tuple, tuple] | None = None
     streams: bool = False  # the chain carries ``config.streams`` parallel streams (`stream_modes`)
     features: int | None = None  # the stream's last dim at analysis (None without shapes)
+    suffixes: tuple[str, ...] = ()  # the name suffixes of its mode's parameters (`params.attach`)
 
     def parameters(self) -> dict[str, Tensor]:
-        """This site's parameters by name suffix (see `modes.Mode.parameters`)."""
-        table, prefix = self.holder._parameters, self.attr
-        return {
-            name[len(prefix) :]: p for name, p in table.items() if name.startswith(prefix) and _is_own(name, prefix)
-        }
+        """This site's mode parameters by name suffix (see `modes.Mode.parameters`)."""
+        return {suffix: self.holder._parameters[self.attr + suffix] for suffix in self.suffixes}
 
 
 class CallScope:
@@ -247,12 +245,6 @@ class SiteRuntime:
         new, out = config.stream_mode.step(state, branch, site.parameters(), config)
         scope.streams[site.chain] = new
         return out
-
-
-def _is_own(name: str, prefix: str) -> bool:
-    """``name`` is ``prefix`` or ``prefix`` plus a suffix (``site1_read``, not ``site12``)."""
-    rest = name[len(prefix) :]
-    return rest == "" or rest.startswith("_")
 
 
 def _project_window(site: SiteSpec, history: list[Tensor], stream: Tensor) -> None:

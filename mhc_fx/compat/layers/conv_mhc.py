@@ -18,9 +18,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .._warn import warn_once
-from ..config import resolve_default
 from .history_buffer import HistoryBuffer
-from .mhc_skip import MHCSkip, check_detach
+from .mhc_skip import MHCSkip, resolve_detach
 
 
 def _warn_per_call(name: str, stacklevel: int) -> None:
@@ -69,10 +68,7 @@ class MHCConv2d(_PerCallHistory):
         detach_history: bool | None = None,
     ) -> None:
         super().__init__()
-        explicit_detach = detach_history is not None
-        detach_history = resolve_default(detach_history, "detach_history")
-        if explicit_detach:
-            check_detach(detach_history)
+        detach_history = resolve_detach(detach_history)
         self.conv = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, groups=groups,
             bias=bias,

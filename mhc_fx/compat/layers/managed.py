@@ -11,7 +11,7 @@ from ... import nn as fx_nn
 from .._warn import warn_once
 from ..config import resolve_default
 from .history_buffer import HistoryBuffer
-from .mhc_skip import MHCSkip, check_detach
+from .mhc_skip import MHCSkip, resolve_detach
 
 
 class MHCSequential(fx_nn.MHCSequential):
@@ -46,10 +46,7 @@ class MHCSequential(fx_nn.MHCSequential):
         prune_threshold: float = 0.0,
         stochastic: bool = False,
     ) -> None:
-        explicit_detach = detach_history is not None
-        detach_history = resolve_default(detach_history, "detach_history")
-        if explicit_detach:
-            check_detach(detach_history)
+        detach_history = resolve_detach(detach_history)
         clear = resolve_default(clear_history_each_forward, "clear_history_each_forward")
         if not isinstance(clear, bool):
             raise TypeError(f"clear_history_each_forward must be a bool, got {clear!r}")

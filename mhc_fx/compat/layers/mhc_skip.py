@@ -21,13 +21,21 @@ DETACH_MESSAGE = (
 )
 
 
-def check_detach(value) -> bool:
+def check_detach(value, stacklevel: int = 4) -> bool:
     """``value`` as the package's ``detach_history``; warns once when it is True, whose meaning differs."""
     if not isinstance(value, bool):
         raise TypeError(f"detach_history must be a bool, got {value!r}")
     if value:
-        warn_once("detach_history", DETACH_MESSAGE, stacklevel=4)
+        warn_once("detach_history", DETACH_MESSAGE, stacklevel=stacklevel)
     return value
+
+
+def resolve_detach(value) -> bool:
+    """A layer's ``detach_history``: the default config's when None (silently: that default is the
+    package's), else checked and warned about as `check_detach` does."""
+    if value is None:
+        return resolve_default(None, "detach_history")
+    return check_detach(value, stacklevel=5)
 
 
 class MHCSkip(fx_nn.MHCSkip):
